@@ -1,0 +1,110 @@
+"""Settings for every Runtara process, read from ``RUNTARA_*`` environment variables (or ``.env``).
+
+``load_settings()`` is the one entry point: it turns pydantic's validation report into a
+``ConfigError`` whose message is one line naming the offending variable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtara_core.errors import ConfigError
+
+MIB = 1024 * 1024
+ENV_PREFIX = "RUNTARA_"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_host_port(value: str) -> HostPort:
+    """Parse ``host:port`` or ``[v6]:port``; raises ValueError with a readable reason."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected HOST:PORT (for IPv6 [ADDR]:PORT)")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535")
+    return HostPort(host, port)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", validate_default=True
+    )
+
+    data_dir: Path = Path(".data")
+    database_url: str = ""
+    core_addr: str = "127.0.0.1:8001"
+    env_addr: str = "127.0.0.1:8002"
+    certs_dir: Path = Path("certs")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_insecure: bool = False
+    token: str | None = None
+    tokens_file: Path | None = None
+    max_frame_bytes: int = Field(16 * MIB, ge=64, le=2**32 - 1)
+    max_checkpoint_bytes: int = Field(4 * MIB, ge=1)
+    max_concurrent_instances: int = Field(32, ge=1)
+    hibernate_after_ms: int = Field(5000, ge=0)
+    heartbeat_timeout_ms: int = Field(60000, ge=100)
+    default_max_attempts: int = Field(3, ge=1)
+    launcher: Literal["fork", "spawn"] = "fork"
+    request_timeout_s: float = Field(30.0, gt=0)
+    idle_timeout_s: float = Field(60.0, gt=0)
+    max_streams_per_connection: int = Field(128, ge=1, le=100_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("core_addr", "env_addr")
+    @classmethod
+    def _valid_addr(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _valid_database_url(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+        return value
+
+    @property
+    def core_address(self) -> HostPort:
+        return parse_host_port(self.core_addr)
+
+    @property
+    def env_address(self) -> HostPort:
+        return parse_host_port(self.env_addr)
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'runtara.db'}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; overrides (keyword = field name) win."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        reason = first["msg"].removeprefix("Value error, ")
+        raw = first.get("input")
+        shown = f" (got {raw!r})" if isinstance(raw, (str, int, float)) else ""
+        raise ConfigError(f"invalid setting {ENV_PREFIX}{field.upper()}: {reason}{shown}") from None

@@ -1,0 +1,390 @@
+"""QUIC RPC client: one long-lived connection, concurrent RPCs on separate streams.
+
+Keeps its connection alive with pings, notices a dead or closed connection, fails the RPCs
+that were in flight with ``ConnectionLost``, and reconnects in the background with capped
+exponential backoff. Server pushes arrive through ``on_push``. Built on the aioquic pitfalls in
+``shared/reference/aioquic-notes.md``: our own handshake future instead of ``wait_connected``,
+our own stream bookkeeping instead of aioquic's leaking readers, a loopback-bound socket that
+we close ourselves, and handshake failures surfaced with their reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode
+
+from runtara_core.errors import (
+    ConnectionLost,
+    HandshakeError,
+    RequestTimeout,
+    RuntaraError,
+    TransportError,
+)
+from runtara_core.transport.quic_config import client_configuration, tune_connection
+from runtara_core.transport.tls import ClientTls
+from runtara_core.transport.udp_socket import resolve
+from runtara_core.wire.envelope import parse_response
+from runtara_core.wire.frame_codec import SingleFrameReader, encode_frame
+from runtara_core.wire.messages import Message, Request, validate_message
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+STREAM_CANCELLED = 0x2
+# aioquic holds at most 128 concurrent bidirectional streams per connection and queues the rest
+# silently; staying under it keeps per-request timeouts honest.
+DEFAULT_MAX_IN_FLIGHT = 100
+
+
+def is_server_uni(stream_id: int) -> bool:
+    return stream_id & 0x3 == 0x3
+
+
+def describe_termination(event: events.ConnectionTerminated) -> str:
+    """A sentence for why a connection ended; TLS alerts carry the real handshake reason."""
+    code = event.error_code
+    reason = event.reason_phrase or "no reason given"
+    if QuicErrorCode.CRYPTO_ERROR <= code < QuicErrorCode.CRYPTO_ERROR + 0x100:
+        return f"TLS handshake refused (alert {code - QuicErrorCode.CRYPTO_ERROR}): {reason}"
+    return f"connection closed (QUIC error 0x{code:x}): {reason}"
+
+
+def is_handshake_failure(event: events.ConnectionTerminated) -> bool:
+    return QuicErrorCode.CRYPTO_ERROR <= event.error_code < QuicErrorCode.CRYPTO_ERROR + 0x100
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    request_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_frame_bytes: int = 16 * 1024 * 1024
+    idle_timeout_s: float = 60.0
+    keepalive_s: float = 5.0
+    keepalive_timeout_s: float = 3.0
+    reconnect_initial_s: float = 0.05
+    reconnect_max_s: float = 2.0
+
+
+class _ClientProtocol(QuicConnectionProtocol):
+    """One connection's stream bookkeeping; the ``RpcClient`` owns reconnects."""
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        *,
+        max_frame_bytes: int,
+        on_push: Callable[[Any], None],
+        on_terminated: Callable[[_ClientProtocol], None],
+    ) -> None:
+        super().__init__(quic)
+        tune_connection(quic)
+        loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future[None] = loop.create_future()
+        self.termination: str | None = None
+        self._max_frame = max_frame_bytes
+        self._on_push = on_push
+        self._on_terminated = on_terminated
+        self._pending: dict[int, tuple[SingleFrameReader, asyncio.Future[Any]]] = {}
+        self._pushes: dict[int, SingleFrameReader] = {}
+
+    @property
+    def alive(self) -> bool:
+        return self.termination is None
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.HandshakeCompleted):
+            if not self.handshake.done():
+                self.handshake.set_result(None)
+        elif isinstance(event, events.StreamDataReceived):
+            self._stream_data(event)
+        elif isinstance(event, events.StreamReset):
+            self._stream_reset(event.stream_id)
+        elif isinstance(event, events.ConnectionTerminated):
+            self._terminate(
+                describe_termination(event),
+                HandshakeError if is_handshake_failure(event) else ConnectionLost,
+            )
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors on the connected socket: nobody listens at the address."""
+        if not self.handshake.done():
+            self._terminate(f"{exc.strerror or exc} (is the server running?)", ConnectionLost)
+
+    def _stream_data(self, event: events.StreamDataReceived) -> None:
+        stream_id = event.stream_id
+        entry = self._pending.get(stream_id)
+        if entry is not None:
+            reader, future = entry
+            try:
+                reader.feed(event.data)
+                if event.end_stream:
+                    del self._pending[stream_id]
+                    message = reader.finish()
+                    if not future.done():
+                        future.set_result(message)
+            except RuntaraError as error:
+                self._pending.pop(stream_id, None)
+                if not future.done():
+                    future.set_exception(TransportError(f"malformed response from server: {error.message}"))
+            return
+        if is_server_uni(stream_id):
+            push_reader = self._pushes.setdefault(stream_id, SingleFrameReader(self._max_frame))
+            try:
+                push_reader.feed(event.data)
+                if not event.end_stream:
+                    return
+                del self._pushes[stream_id]
+                message = push_reader.finish()
+            except RuntaraError as error:
+                self._pushes.pop(stream_id, None)
+                log.warning("dropped a malformed push from the server: %s", error.message)
+                return
+            try:
+                self._on_push(message)
+            except Exception:
+                log.exception("push handler failed")
+
+    def _stream_reset(self, stream_id: int) -> None:
+        self._pushes.pop(stream_id, None)
+        entry = self._pending.pop(stream_id, None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_exception(ConnectionLost("the server reset the request stream"))
+
+    def _terminate(self, reason: str, error_type: type[TransportError]) -> None:
+        if self.termination is not None:
+            return
+        self.termination = reason
+        if not self.handshake.done():
+            self.handshake.set_exception(error_type(reason))
+            self.handshake.exception()  # retrieved here; connect() re-raises it if awaited
+        for _, future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(f"connection lost mid-request: {reason}"))
+        self._pending.clear()
+        self._pushes.clear()
+        if self._transport is not None:
+            self._transport.close()  # aioquic never closes it (pitfall 1)
+        self._on_terminated(self)
+
+    async def send(self, frame: bytes) -> Any:
+        """Send one request frame on a new stream and await the decoded response."""
+        if self.termination is not None:
+            raise ConnectionLost(self.termination)
+        stream_id = self._quic.get_next_available_stream_id()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[stream_id] = (SingleFrameReader(self._max_frame), future)
+        self._quic.send_stream_data(stream_id, frame, end_stream=True)
+        self.transmit()
+        try:
+            return await future
+        finally:
+            if self._pending.pop(stream_id, None) is not None and self.alive:
+                # Abandoned (timeout or cancellation): tell the server, free the stream.
+                self._quic.reset_stream(stream_id, STREAM_CANCELLED)
+                self._quic.stop_stream(stream_id, STREAM_CANCELLED)
+                self.transmit()
+
+    def shutdown(self, reason: str) -> None:
+        if self.alive:
+            self.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase=reason)
+            self._terminate(f"closed by client: {reason}", ConnectionLost)
+
+
+class RpcClient:
+    """A client of one Runtara QUIC service (one ALPN, one server address)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        alpn: str,
+        tls: ClientTls,
+        options: ClientOptions = ClientOptions(),
+        on_push: Callable[[Any], None] | None = None,
+        on_connected: Callable[[RpcClient], Awaitable[None]] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.alpn = alpn
+        self.options = options
+        self._tls = tls
+        self._on_push = on_push or (lambda _m: None)
+        self._on_connected = on_connected
+        self._protocol: _ClientProtocol | None = None
+        self._ready = asyncio.Event()
+        self._slots = asyncio.Semaphore(options.max_in_flight)
+        self._reconnector: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._closed = False
+        self.last_error: str | None = None
+        self.connections_made = 0
+
+    # -- connection management -------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect once, now; raises ``HandshakeError`` or ``TransportError`` with the reason."""
+        async with asyncio.timeout(self.options.connect_timeout_s):
+            await self._establish()
+        self._keepalive = asyncio.create_task(self._keep_alive())
+
+    async def _establish(self) -> None:
+        if self._tls.insecure:
+            log.warning(
+                "TLS verification is OFF (RUNTARA_TLS_INSECURE): connecting to %s:%d without "
+                "checking the server's certificate",
+                self.host,
+                self.port,
+            )
+        loop = asyncio.get_running_loop()
+        family, sockaddr = await loop.run_in_executor(None, resolve, self.host, self.port)
+        configuration = client_configuration(
+            self.alpn, self._tls, self.host, self.options.idle_timeout_s
+        )
+        quic = QuicConnection(configuration=configuration)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _ClientProtocol(
+                quic,
+                max_frame_bytes=self.options.max_frame_bytes,
+                on_push=self._on_push,
+                on_terminated=self._connection_terminated,
+            ),
+            family=family,
+            remote_addr=sockaddr[:2] if family == socket.AF_INET else sockaddr,
+        )
+        try:
+            protocol.connect(transport.get_extra_info("peername"))
+            await protocol.handshake
+            self._protocol = protocol
+            self.connections_made += 1
+            if self._on_connected is not None:
+                await self._on_connected(self)
+        except BaseException:
+            if self._protocol is protocol:
+                self._protocol = None
+            protocol.shutdown("connect failed")
+            transport.close()
+            raise
+        self._ready.set()
+
+    def _connection_terminated(self, protocol: _ClientProtocol) -> None:
+        if protocol is not self._protocol:
+            return
+        self._protocol = None
+        self._ready.clear()
+        self.last_error = protocol.termination
+        if not self._closed:
+            log.warning("lost connection to %s:%d: %s; reconnecting", self.host, self.port, protocol.termination)
+            self._start_reconnecting()
+
+    def _start_reconnecting(self) -> None:
+        if self._reconnector is None or self._reconnector.done():
+            self._reconnector = asyncio.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = self.options.reconnect_initial_s
+        while not self._closed and self._protocol is None:
+            try:
+                async with asyncio.timeout(self.options.connect_timeout_s):
+                    await self._establish()
+                log.info("reconnected to %s:%d", self.host, self.port)
+                return
+            except (TransportError, TimeoutError, OSError) as exc:
+                self.last_error = str(exc) or type(exc).__name__
+                log.debug("reconnect to %s:%d failed: %s", self.host, self.port, self.last_error)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.options.reconnect_max_s)
+
+    async def _keep_alive(self) -> None:
+        """Ping so the idle timeout never fires and a dead server is noticed within seconds."""
+        while not self._closed:
+            await asyncio.sleep(self.options.keepalive_s)
+            await self.probe()
+
+    async def probe(self) -> bool:
+        """Ping the server; drop the connection (and so reconnect) if it does not answer."""
+        protocol = self._protocol
+        if protocol is None:
+            return False
+        try:
+            async with asyncio.timeout(self.options.keepalive_timeout_s):
+                await protocol.ping()
+            return True
+        except (TimeoutError, ConnectionError):
+            protocol.shutdown("server did not answer a ping")
+            return False
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._keepalive, self._reconnector):
+            if task is not None:
+                task.cancel()
+        if self._protocol is not None:
+            self._protocol.shutdown("client closed")
+            self._protocol = None
+        self._ready.clear()
+
+    async def __aenter__(self) -> RpcClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None and self._protocol.alive
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def call(self, request: Request | dict[str, Any], timeout_s: float | None = None) -> dict[str, Any]:
+        """Send one request and return the response fields; raise its typed error if it failed.
+
+        The timeout covers waiting for a connection, for an in-flight slot and for the answer.
+        """
+        body = request.to_wire() if isinstance(request, Request) else request
+        frame = encode_frame(body, self.options.max_frame_bytes)
+        timeout = timeout_s if timeout_s is not None else self.options.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._send_when_ready(frame)
+        except TimeoutError:
+            op = body.get("op", "?")
+            reason = f"; last connection error: {self.last_error}" if not self.connected and self.last_error else ""
+            if self.connected:
+                asyncio.create_task(self.probe())  # a silent server would otherwise hold us forever
+            raise RequestTimeout(f"no response to {op!r} from {self.host}:{self.port} within {timeout:g}s{reason}") from None
+
+    async def _send_when_ready(self, frame: bytes) -> dict[str, Any]:
+        if self._closed:
+            raise TransportError("client is closed")
+        async with self._slots:
+            await self._ready.wait()
+            assert self._protocol is not None
+            return parse_response(await self._protocol.send(frame))
+
+    async def request(self, request: Request, response_type: type[M], timeout_s: float | None = None) -> M:
+        """``call`` with the response validated into ``response_type``."""
+        fields = await self.call(request, timeout_s)
+        fields.pop("ok", None)
+        return validate_message(response_type, fields, f"response to {request.op}")
+
+    async def call_on_connection(self, request: Request) -> dict[str, Any]:
+        """Send on the current connection without waiting for readiness (for ``on_connected``)."""
+        if self._protocol is None:
+            raise ConnectionLost("not connected")
+        frame = encode_frame(request.to_wire(), self.options.max_frame_bytes)
+        async with asyncio.timeout(self.options.request_timeout_s):
+            return parse_response(await self._protocol.send(frame))

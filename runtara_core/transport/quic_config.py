@@ -1,0 +1,51 @@
+"""QuicConfiguration for Runtara's servers and clients, with the transport tuning in one place."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from runtara_core.transport.tls import ClientTls, ServerTls
+
+log = logging.getLogger(__name__)
+
+# aioquic acknowledges after 1 ms, which is usually just before the response leaves, so the ACK
+# travels in a datagram of its own. A longer delay lets it ride on the next packet instead
+# (aioquic-notes: 3.0 -> 2.0 datagrams per RPC at 20 ms). It stays under the 25 ms max_ack_delay
+# both ends advertise, so loss detection is unaffected.
+ACK_DELAY_S = 0.02
+
+
+def server_configuration(alpn: str, tls: ServerTls, idle_timeout_s: float) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=False, alpn_protocols=[alpn], idle_timeout=idle_timeout_s
+    )
+    config.load_cert_chain(str(tls.cert), str(tls.key))
+    return config
+
+
+def client_configuration(
+    alpn: str, tls: ClientTls, server_name: str, idle_timeout_s: float
+) -> QuicConfiguration:
+    config = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[alpn],
+        idle_timeout=idle_timeout_s,
+        server_name=server_name,
+    )
+    if tls.insecure:
+        config.verify_mode = ssl.CERT_NONE
+    elif tls.ca is not None:
+        config.load_verify_locations(cafile=str(tls.ca))
+    return config
+
+
+def tune_connection(quic: QuicConnection, *, max_streams_bidi: int | None = None) -> None:
+    """Apply the settings aioquic has no public knob for (private attributes, aioquic 1.x)."""
+    quic._ack_delay = ACK_DELAY_S
+    if max_streams_bidi is not None:
+        quic._local_max_streams_bidi.value = max_streams_bidi
+        quic._local_max_streams_bidi.sent = max_streams_bidi

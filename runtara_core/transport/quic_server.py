@@ -1,0 +1,275 @@
+"""QUIC RPC server: one bidirectional stream per request, plus server-initiated push streams.
+
+A thin adapter around aioquic. It handles stream events itself instead of using aioquic's
+stream readers (which are never released: one leak per RPC), feeds bytes to the pure frame
+codec, and hands whole requests to ``dispatch`` with the connection's ``Session``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.asyncio.server import QuicServer
+from aioquic.buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import pull_quic_header
+from aioquic.quic.packet import QuicErrorCode
+
+from runtara_core.errors import FrameTooLarge, InternalError, RuntaraError
+from runtara_core.transport.quic_config import server_configuration, tune_connection
+from runtara_core.transport.tls import ServerTls
+from runtara_core.transport.udp_socket import bound_server_socket
+from runtara_core.wire.dispatch import Route, dispatch
+from runtara_core.wire.envelope import error_response
+from runtara_core.wire.frame_codec import SingleFrameReader, encode_frame
+from runtara_core.wire.messages import Message
+
+log = logging.getLogger(__name__)
+
+# Application error code sent with STOP_SENDING / RESET_STREAM when we refuse a stream.
+STREAM_REFUSED = 0x1
+
+
+def is_client_bidi(stream_id: int) -> bool:
+    return stream_id & 0x3 == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_frame_bytes: int = 16 * 1024 * 1024
+    max_streams_per_connection: int = 128
+    idle_timeout_s: float = 60.0
+
+
+class Session:
+    """One client connection as a handler sees it: a slot for the service's own state,
+    a push channel to the client, and close notification."""
+
+    def __init__(self, protocol: RpcServerProtocol) -> None:
+        self._protocol = protocol
+        self.state: Any = None
+        self.connected_at = time.time()
+        self._close_callbacks: list[Callable[[Session], None]] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._protocol.terminated
+
+    def push(self, message: Message | Mapping[str, Any]) -> bool:
+        """Send one frame on a new server-initiated unidirectional stream.
+
+        Best effort: returns False if the connection is gone. Anything pushed must also
+        reach the client through the request path.
+        """
+        return self._protocol.push(message)
+
+    def on_close(self, callback: Callable[[Session], None]) -> None:
+        self._close_callbacks.append(callback)
+
+    def close(self, reason: str = "") -> None:
+        self._protocol.close(reason_phrase=reason)
+
+    def _closed(self) -> None:
+        for callback in self._close_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("session close callback failed")
+        self._close_callbacks.clear()
+
+
+class RpcServerProtocol(QuicConnectionProtocol):
+    def __init__(self, quic: QuicConnection, *, server: RpcServer, **_: Any) -> None:
+        super().__init__(quic)
+        tune_connection(quic, max_streams_bidi=server.limits.max_streams_per_connection)
+        self._server = server
+        self._readers: dict[int, SingleFrameReader] = {}
+        self._refused: set[int] = set()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.terminated = False
+        self.session = Session(self)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            self._stream_data(event)
+        elif isinstance(event, events.StreamReset):
+            self._forget_stream(event.stream_id)
+        elif isinstance(event, events.ConnectionTerminated):
+            self._terminated()
+
+    def _stream_data(self, event: events.StreamDataReceived) -> None:
+        stream_id = event.stream_id
+        if not is_client_bidi(stream_id):
+            return  # clients have no reason to open unidirectional streams; ignore their data
+        if stream_id in self._refused:
+            if event.end_stream:
+                self._refused.discard(stream_id)
+            return
+        reader = self._readers.get(stream_id)
+        if reader is None:
+            reader = self._readers[stream_id] = SingleFrameReader(self._server.limits.max_frame_bytes)
+        try:
+            reader.feed(event.data)
+            if not event.end_stream:
+                return
+            del self._readers[stream_id]
+            message = reader.finish()
+        except RuntaraError as error:
+            self._refuse(stream_id, error, ended=event.end_stream)
+            return
+        task = asyncio.ensure_future(self._serve(stream_id, message))
+        self._tasks[stream_id] = task
+        task.add_done_callback(lambda _t, sid=stream_id: self._tasks.pop(sid, None))
+
+    def _refuse(self, stream_id: int, error: RuntaraError, *, ended: bool) -> None:
+        """Answer a malformed or oversized request with an error and stop reading the stream."""
+        self._readers.pop(stream_id, None)
+        if not ended:
+            self._refused.add(stream_id)
+            self._quic.stop_stream(stream_id, STREAM_REFUSED)
+        if not isinstance(error, FrameTooLarge):
+            log.debug("refused stream %d: %s", stream_id, error)
+        self._respond(stream_id, error_response(error))
+
+    async def _serve(self, stream_id: int, message: Any) -> None:
+        response = await dispatch(self._server.routes, message, self.session)
+        self._respond(stream_id, response)
+
+    def _respond(self, stream_id: int, response: dict[str, Any]) -> None:
+        if self.terminated:
+            return
+        try:
+            frame = encode_frame(response, self._server.limits.max_frame_bytes)
+        except RuntaraError as error:
+            log.error("response on stream %d cannot be sent: %s", stream_id, error)
+            frame = encode_frame(error_response(InternalError(f"response could not be sent: {error.message}")))
+        self._quic.send_stream_data(stream_id, frame, end_stream=True)
+        self.transmit()
+
+    def push(self, message: Message | Mapping[str, Any]) -> bool:
+        if self.terminated:
+            return False
+        body = message.to_wire() if isinstance(message, Message) else dict(message)
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        self._quic.send_stream_data(
+            stream_id, encode_frame(body, self._server.limits.max_frame_bytes), end_stream=True
+        )
+        self.transmit()
+        return True
+
+    def _forget_stream(self, stream_id: int) -> None:
+        self._readers.pop(stream_id, None)
+        self._refused.discard(stream_id)
+        task = self._tasks.pop(stream_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _terminated(self) -> None:
+        if self.terminated:
+            return
+        self.terminated = True
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._tasks.clear()
+        self._readers.clear()
+        self._refused.clear()
+        self._server._connection_closed(self)
+        self.session._closed()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+
+class _Listener(QuicServer):
+    """aioquic's server endpoint, able to stop admitting new connections while draining."""
+
+    draining = False
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if self.draining:
+            try:
+                header = pull_quic_header(
+                    Buffer(data=bytes(data)), host_cid_length=self._configuration.connection_id_length
+                )
+            except ValueError:
+                return
+            if header.destination_cid not in self._protocols:
+                return
+        super().datagram_received(data, addr)
+
+
+class RpcServer:
+    """Serves a handler table over QUIC with one ALPN."""
+
+    def __init__(
+        self,
+        *,
+        alpn: str,
+        routes: Mapping[str, Route[Any, Session]],
+        tls: ServerTls,
+        limits: ServerLimits = ServerLimits(),
+        on_connect: Callable[[Session], None] | None = None,
+    ) -> None:
+        self.alpn = alpn
+        self.routes = routes
+        self.limits = limits
+        self._configuration = server_configuration(alpn, tls, limits.idle_timeout_s)
+        self._on_connect = on_connect
+        self._listener: _Listener | None = None
+        self._connections: set[RpcServerProtocol] = set()
+        self.address: tuple[str, int] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen on ``host:port`` (port 0 picks a free one); returns the bound address."""
+        loop = asyncio.get_running_loop()
+        sock = bound_server_socket(host, port)
+        listener = _Listener(configuration=self._configuration, create_protocol=self._new_protocol)
+        await loop.create_datagram_endpoint(lambda: listener, sock=sock)
+        self._listener = listener
+        bound = sock.getsockname()
+        self.address = (bound[0], bound[1])
+        log.info("serving %s on %s:%d (UDP)", self.alpn, *self.address)
+        return self.address
+
+    def _new_protocol(self, quic: QuicConnection, **kwargs: Any) -> RpcServerProtocol:
+        protocol = RpcServerProtocol(quic, server=self, **kwargs)
+        self._connections.add(protocol)
+        if self._on_connect is not None:
+            self._on_connect(protocol.session)
+        return protocol
+
+    def _connection_closed(self, protocol: RpcServerProtocol) -> None:
+        self._connections.discard(protocol)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop admitting connections, let in-flight RPCs finish (bounded), then close."""
+        listener = self._listener
+        if listener is None:
+            return
+        listener.draining = True
+        deadline = time.monotonic() + grace_s
+        while any(p.in_flight for p in self._connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for protocol in list(self._connections):
+            protocol.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="server shutting down")
+            protocol._terminated()
+        self._connections.clear()
+        # Give the CONNECTION_CLOSE datagrams a moment to leave before the socket closes.
+        await asyncio.sleep(0)
+        listener.close()
+        self._listener = None
+        log.info("stopped serving %s", self.alpn)

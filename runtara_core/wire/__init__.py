@@ -1,0 +1,1 @@
+"""The wire protocol shared by every part: frame codec, envelope and typed messages (pure)."""

@@ -1,0 +1,193 @@
+"""Typed messages of the instance protocol (DESIGN section 3), validated strictly.
+
+Untrusted fields are checked with pydantic in strict mode (no coercion: a string is not an
+int, a str is not bytes), and every failure becomes ``BadRequest`` naming the field, so a peer
+learns exactly what to fix. Unknown extra fields are ignored for forward compatibility.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runtara_core.errors import BadRequest
+
+Identifier = Annotated[str, Field(min_length=1, max_length=256)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=2**63 - 1)]
+SignalName = Literal["cancel", "pause", "resume"]
+EventKind = Literal["heartbeat", "completed", "failed", "suspended", "custom"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class Request(Message):
+    op: ClassVar[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": self.op, **self.model_dump()}
+
+
+M = TypeVar("M", bound=Message)
+
+
+def describe_validation_error(error: ValidationError, what: str) -> str:
+    """One readable sentence for the first problem pydantic found."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(message)"
+    if first["type"] == "missing":
+        return f"{what}: missing field '{field}'"
+    return f"{what}: field '{field}' is invalid: {first['msg']}"
+
+
+def validate_message(model: type[M], fields: dict[str, Any], what: str) -> M:
+    """Build ``model`` from untrusted ``fields`` or raise ``BadRequest`` naming the field."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_error(exc, what)) from None
+
+
+# --- shared parts -------------------------------------------------------------------------
+
+
+class PendingSignal(Message):
+    signal_type: SignalName
+    payload: bytes | None = None
+
+
+class SavedCheckpoint(Message):
+    checkpoint_id: str
+    state: bytes | None = None  # None when the register size budget was used up
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class RegisterRequest(Request):
+    op = "register"
+    instance_id: Identifier
+    token: Annotated[str, Field(min_length=1, max_length=1024)]
+    attempt: Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class CheckpointRequest(Request):
+    op = "checkpoint"
+    checkpoint_id: Identifier
+    state: bytes
+
+
+class GetCheckpointRequest(Request):
+    op = "get_checkpoint"
+    checkpoint_id: Identifier
+
+
+class SleepRequest(Request):
+    op = "sleep"
+    checkpoint_id: Identifier
+    duration_ms: NonNegativeInt
+    state: bytes = b""
+
+
+class WaitSignalRequest(Request):
+    op = "wait_signal"
+    name: Identifier
+    checkpoint_id: Identifier
+    timeout_ms: NonNegativeInt | None = None
+
+
+class PollSignalsRequest(Request):
+    op = "poll_signals"
+
+
+class AckSignalRequest(Request):
+    op = "ack_signal"
+    signal_type: SignalName
+
+
+class EventRequest(Request):
+    op = "event"
+    type: EventKind
+    payload: bytes | None = None
+    subtype: Annotated[str, Field(max_length=256)] | None = None
+
+
+class RetryAttemptRequest(Request):
+    op = "retry_attempt"
+    checkpoint_id: Identifier
+    attempt: Annotated[int, Field(ge=1, le=1_000_000)]
+    error: Annotated[str, Field(max_length=64 * 1024)]
+
+
+class StatusRequest(Request):
+    op = "status"
+
+
+INSTANCE_REQUESTS: dict[str, type[Request]] = {
+    cls.op: cls
+    for cls in (
+        RegisterRequest,
+        CheckpointRequest,
+        GetCheckpointRequest,
+        SleepRequest,
+        WaitSignalRequest,
+        PollSignalsRequest,
+        AckSignalRequest,
+        EventRequest,
+        RetryAttemptRequest,
+        StatusRequest,
+    )
+}
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class Empty(Message):
+    """Response of acknowledged operations that return nothing else."""
+
+
+class RegisterResponse(Message):
+    input: bytes
+    attempt: int
+    checkpoints: list[SavedCheckpoint]
+    pending_signal: PendingSignal | None = None
+
+
+class CheckpointResponse(Message):
+    found: bool
+    state: bytes
+    pending_signal: PendingSignal | None = None
+
+
+class GetCheckpointResponse(Message):
+    found: bool
+    state: bytes | None = None
+
+
+class SleepResponse(Message):
+    wake_at_ms: int
+    hibernate: bool
+
+
+class WaitSignalResponse(Message):
+    found: bool
+    payload: bytes | None = None
+    hibernate: bool = False
+
+
+class PollSignalsResponse(Message):
+    pending_signal: PendingSignal | None = None
+
+
+class StatusResponse(Message):
+    status: str
+    termination_reason: str | None = None
+    checkpoint_id: str | None = None
+    attempt: int
+    wake_at_ms: int | None = None
