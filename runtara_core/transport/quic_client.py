@@ -51,12 +51,23 @@ def is_server_uni(stream_id: int) -> bool:
     return stream_id & 0x3 == 0x3
 
 
+# What a person should check for the TLS alerts a misconfiguration produces.
+ALERT_HINTS = {
+    42: "the server's certificate is not signed by the CA this client trusts (RUNTARA_TLS_CA)",
+    48: "the server's certificate is not signed by the CA this client trusts (RUNTARA_TLS_CA)",
+    46: "the server's certificate does not match the address dialled (check its SANs)",
+    120: "the server does not serve this protocol (ALPN); is this the right port?",
+}
+
+
 def describe_termination(event: events.ConnectionTerminated) -> str:
     """A sentence for why a connection ended; TLS alerts carry the real handshake reason."""
     code = event.error_code
     reason = event.reason_phrase or "no reason given"
     if QuicErrorCode.CRYPTO_ERROR <= code < QuicErrorCode.CRYPTO_ERROR + 0x100:
-        return f"TLS handshake refused (alert {code - QuicErrorCode.CRYPTO_ERROR}): {reason}"
+        alert = code - QuicErrorCode.CRYPTO_ERROR
+        hint = ALERT_HINTS.get(alert)
+        return f"TLS handshake refused (alert {alert}): {reason}" + (f": {hint}" if hint else "")
     return f"connection closed (QUIC error 0x{code:x}): {reason}"
 
 
@@ -380,6 +391,11 @@ class RpcClient:
         fields = await self.call(request, timeout_s)
         fields.pop("ok", None)
         return validate_message(response_type, fields, f"response to {request.op}")
+
+    async def send_raw(self, data: bytes, timeout_s: float | None = None) -> dict[str, Any]:
+        """Send arbitrary bytes as a request stream (for protocol tests and fuzzing)."""
+        async with asyncio.timeout(timeout_s or self.options.request_timeout_s):
+            return await self._send_when_ready(data)
 
     async def call_on_connection(self, request: Request) -> dict[str, Any]:
         """Send on the current connection without waiting for readiness (for ``on_connected``)."""

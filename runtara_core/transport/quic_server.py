@@ -101,8 +101,8 @@ class RpcServerProtocol(QuicConnectionProtocol):
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
             self._stream_data(event)
-        elif isinstance(event, events.StreamReset):
-            self._forget_stream(event.stream_id)
+        elif isinstance(event, (events.StreamReset, events.StopSendingReceived)):
+            self._forget_stream(event.stream_id)  # the client abandoned this request
         elif isinstance(event, events.ConnectionTerminated):
             self._terminated()
 

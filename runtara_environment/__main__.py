@@ -1,0 +1,5 @@
+import sys
+
+from runtara_environment.cli import main
+
+sys.exit(main())

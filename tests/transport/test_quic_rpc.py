@@ -1,0 +1,180 @@
+"""The QUIC adapters against a real server and client on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+
+import pytest
+
+from runtara_core.errors import (
+    BadRequest,
+    FrameTooLarge,
+    HandshakeError,
+    InternalError,
+    RequestTimeout,
+    TransportError,
+    UnknownOp,
+)
+from runtara_core.transport.quic_client import ClientOptions
+from runtara_core.transport.quic_server import ServerLimits
+from runtara_core.transport.tls import ClientTls
+from runtara_core.wire.frame_codec import encode_frame
+
+from tests.transport.echo_service import Echo, EchoReply, PushMe, Slow, other_ca
+
+
+async def test_one_rpc(client):
+    assert await client.request(Echo(text="hello"), EchoReply) == EchoReply(text="hello")
+
+
+async def test_thousand_concurrent_rpcs_on_one_connection(client, server):
+    texts = [f"msg-{i}-" + "x" * (i % 200) for i in range(1000)]
+    replies = await asyncio.gather(*(client.call(Echo(text=t)) for t in texts))
+    assert [r["text"] for r in replies] == texts
+    assert client.connections_made == 1
+    assert server.connection_count == 1
+
+
+async def test_handler_exception_returns_internal_and_connection_survives(client):
+    with pytest.raises(InternalError) as caught:
+        await client.call({"op": "boom"})
+    assert "kaboom" not in caught.value.message  # no internals leak to the peer
+    assert (await client.call(Echo(text="still here")))["text"] == "still here"
+
+
+async def test_unknown_op_and_bad_fields(client):
+    with pytest.raises(UnknownOp, match="teleport"):
+        await client.call({"op": "teleport"})
+    with pytest.raises(BadRequest, match="field 'text'"):
+        await client.call({"op": "echo", "text": 5})
+
+
+async def test_malformed_bytes_get_bad_request_and_connection_survives(client):
+    for garbage in (b"\x00\x00\x00\x02\xc1\xc1", b"\x00\x00", encode_frame({"a": 1}) + b"\x00", b""):
+        with pytest.raises(BadRequest):
+            await client.send_raw(garbage)
+    assert (await client.call(Echo(text="ok")))["text"] == "ok"
+
+
+async def test_oversized_frame_is_refused_and_connection_survives(start_server, make_client):
+    server = await start_server(limits=ServerLimits(max_frame_bytes=1024))
+    client = await make_client(server.address[1])
+    with pytest.raises(FrameTooLarge, match="exceeds the limit of 1024"):
+        await client.call(Echo(text="x" * 5000))
+    # A header announcing a huge frame is refused before any body arrives.
+    with pytest.raises(FrameTooLarge):
+        await client.send_raw(struct.pack(">I", 2**31))
+    assert (await client.call(Echo(text="small")))["text"] == "small"
+
+
+async def test_push_delivery(server, make_client):
+    pushes: list = []
+    arrived = asyncio.Event()
+
+    def on_push(message):
+        pushes.append(message)
+        if len(pushes) == 5:
+            arrived.set()
+
+    client = await make_client(server.address[1], on_push=on_push)
+    await client.call(PushMe(count=5))
+    async with asyncio.timeout(5):
+        await arrived.wait()
+    assert sorted(p["seq"] for p in pushes) == [0, 1, 2, 3, 4]
+    assert all(p["signal"] == "pause" for p in pushes)
+
+
+async def test_request_timeout_cancels_the_server_side_and_connection_survives(client, recorder):
+    with pytest.raises(RequestTimeout, match="'slow'"):
+        await client.call(Slow(seconds=30), timeout_s=0.2)
+    async with asyncio.timeout(5):
+        await recorder.cancelled.wait()  # the reset stream cancelled the handler
+    assert (await client.call(Echo(text="after"))).get("text") == "after"
+
+
+async def test_wrong_alpn_is_refused_at_handshake(server, make_client):
+    with pytest.raises(HandshakeError, match="TLS handshake refused"):
+        await make_client(server.address[1], alpn="something-else/1")
+
+
+async def test_untrusted_server_is_refused(server, make_client, tmp_path):
+    stranger = other_ca(tmp_path)
+    with pytest.raises(HandshakeError, match="TLS handshake refused.*certificate"):
+        await make_client(server.address[1], tls=ClientTls(stranger.ca_cert))
+
+
+async def test_insecure_mode_connects_with_a_warning(server, make_client, caplog):
+    with caplog.at_level(logging.WARNING):
+        client = await make_client(server.address[1], tls=ClientTls(ca=None, insecure=True))
+    assert (await client.call(Echo(text="x")))["text"] == "x"
+    assert "TLS verification is OFF" in caplog.text
+
+
+async def test_nothing_listening_fails_fast_with_a_reason(make_client):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(TransportError, match="server running"):
+        await make_client(port)
+
+
+async def test_reconnects_after_server_restart(start_server, make_client):
+    server = await start_server()
+    port = server.address[1]
+    client = await make_client(port, options=ClientOptions(request_timeout_s=10, reconnect_max_s=0.2))
+    assert (await client.call(Echo(text="before")))["text"] == "before"
+    await server.stop(grace_s=0.1)
+    async with asyncio.timeout(5):
+        while client.connected:
+            await asyncio.sleep(0.01)
+    await start_server(port=port)
+    assert (await client.call(Echo(text="after")))["text"] == "after"
+    assert client.connections_made == 2
+
+
+async def test_reconnects_after_server_vanishes_silently(start_server, make_client):
+    """A server that dies without a CONNECTION_CLOSE is noticed by the keepalive ping."""
+    server = await start_server()
+    port = server.address[1]
+    options = ClientOptions(
+        request_timeout_s=10, keepalive_s=0.2, keepalive_timeout_s=0.3, reconnect_max_s=0.2
+    )
+    client = await make_client(port, options=options)
+    assert (await client.call(Echo(text="before")))["text"] == "before"
+    server._listener._transport.close()  # the socket goes away; no close frame is sent
+    server._listener = None
+    async with asyncio.timeout(5):
+        while client.connected:
+            await asyncio.sleep(0.02)
+    await start_server(port=port)
+    assert (await client.call(Echo(text="after")))["text"] == "after"
+
+
+async def test_in_flight_rpcs_fail_with_connection_lost_when_the_server_stops(start_server, make_client):
+    server = await start_server()
+    client = await make_client(server.address[1])
+    pending = asyncio.ensure_future(client.call(Slow(seconds=30)))
+    await asyncio.sleep(0.1)
+    await server.stop(grace_s=0.1)
+    with pytest.raises(TransportError):
+        await pending
+
+
+async def test_graceful_stop_finishes_in_flight_rpcs(start_server, make_client, recorder):
+    server = await start_server()
+    client = await make_client(server.address[1])
+    pending = asyncio.ensure_future(client.call(Slow(seconds=0.3)))
+    await asyncio.sleep(0.1)
+    await server.stop(grace_s=5)
+    assert (await pending)["text"] == "done"
+    assert recorder.finished == 1
+
+
+async def test_many_connections_each_served(server, make_client):
+    clients = await asyncio.gather(*(make_client(server.address[1]) for _ in range(10)))
+    replies = await asyncio.gather(*(c.call(Echo(text=str(i))) for i, c in enumerate(clients)))
+    assert [r["text"] for r in replies] == [str(i) for i in range(10)]
