@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode
@@ -30,6 +29,7 @@ from runtara_core.errors import (
     RuntaraError,
     TransportError,
 )
+from runtara_core.transport.quic_protocol import RpcConnectionProtocol
 from runtara_core.transport.quic_config import client_configuration, tune_connection
 from runtara_core.transport.tls import ClientTls
 from runtara_core.transport.udp_socket import resolve
@@ -88,7 +88,7 @@ class ClientOptions:
     reconnect_max_s: float = 2.0
 
 
-class _ClientProtocol(QuicConnectionProtocol):
+class _ClientProtocol(RpcConnectionProtocol):
     """One connection's stream bookkeeping; the ``RpcClient`` owns reconnects."""
 
     def __init__(
@@ -187,6 +187,7 @@ class _ClientProtocol(QuicConnectionProtocol):
         self._pushes.clear()
         if self._transport is not None:
             self._transport.close()  # aioquic never closes it (pitfall 1)
+        self.stop_timer()
         self._on_terminated(self)
 
     async def send(self, frame: bytes) -> Any:
@@ -312,7 +313,7 @@ class RpcClient:
                     await self._establish()
                 log.info("reconnected to %s:%d", self.host, self.port)
                 return
-            except (TransportError, TimeoutError, OSError) as exc:
+            except Exception as exc:  # keep trying whatever went wrong; calls time out meanwhile
                 self.last_error = str(exc) or type(exc).__name__
                 log.debug("reconnect to %s:%d failed: %s", self.host, self.port, self.last_error)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.buffer import Buffer
 from aioquic.quic import events
@@ -23,6 +22,7 @@ from aioquic.quic.packet import pull_quic_header
 from aioquic.quic.packet import QuicErrorCode
 
 from runtara_core.errors import FrameTooLarge, InternalError, RuntaraError
+from runtara_core.transport.quic_protocol import RpcConnectionProtocol
 from runtara_core.transport.quic_config import server_configuration, tune_connection
 from runtara_core.transport.tls import ServerTls
 from runtara_core.transport.udp_socket import bound_server_socket
@@ -85,7 +85,7 @@ class Session:
         self._close_callbacks.clear()
 
 
-class RpcServerProtocol(QuicConnectionProtocol):
+class RpcServerProtocol(RpcConnectionProtocol):
     def __init__(self, quic: QuicConnection, *, server: RpcServer, **_: Any) -> None:
         super().__init__(quic)
         tune_connection(quic, max_streams_bidi=server.limits.max_streams_per_connection)
