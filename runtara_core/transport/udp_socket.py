@@ -22,8 +22,8 @@ def bound_server_socket(host: str, port: int) -> socket.socket:
     family, sockaddr = resolve(host, port)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, option, SERVER_SOCKET_BUFFER_BYTES)
+        _grow_buffer(sock, socket.SO_RCVBUF, getattr(socket, "SO_RCVBUFFORCE", None))
+        _grow_buffer(sock, socket.SO_SNDBUF, getattr(socket, "SO_SNDBUFFORCE", None))
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
@@ -32,3 +32,14 @@ def bound_server_socket(host: str, port: int) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
+
+
+def _grow_buffer(sock: socket.socket, option: int, force_option: int | None) -> None:
+    """Ask for a large buffer; the FORCE variant (root only) goes past net.core.rmem_max."""
+    if force_option is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force_option, SERVER_SOCKET_BUFFER_BYTES)
+            return
+        except OSError:
+            pass
+    sock.setsockopt(socket.SOL_SOCKET, option, SERVER_SOCKET_BUFFER_BYTES)
