@@ -1,0 +1,687 @@
+"""``Persistence`` on PostgreSQL through an asyncpg pool (production, several nodes).
+
+Round trips are the cost here, so hot paths are single statements (a checkpoint save is one
+statement that also refreshes liveness and reads the pending signal), and multi-statement
+transactions are kept to paths that need a decision between statements.
+
+Concurrency rules, all under READ COMMITTED:
+- Per-instance writes that must not interleave (checkpoint saves, signal consumption, the signal
+  slot) first lock the instance row ``FOR NO KEY UPDATE``. Always that row first, so they cannot
+  deadlock with each other, and that lock mode does not conflict with foreign-key checks.
+- Status changes are conditional UPDATEs; claims pick rows ``FOR UPDATE SKIP LOCKED``.
+- Image versions of one (tenant, name) are numbered under a transaction advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Collection
+from pathlib import Path
+
+import asyncpg
+
+from runtara_core.errors import BadRequest, Conflict
+from runtara_core.persistence import rules
+from runtara_core.persistence.base import Persistence
+from runtara_core.persistence.migrations import apply_postgres, load_migrations
+from runtara_core.persistence.records import (
+    CUSTOM_SIGNAL_COLUMNS,
+    EVENT_COLUMNS,
+    IMAGE_COLUMNS,
+    INSTANCE_COLUMNS,
+    SIGNAL_COLUMNS,
+    checkpoint_from_record,
+    custom_signal_from_record,
+    encode_json,
+    event_from_record,
+    image_from_record,
+    instance_from_record,
+    signal_from_record,
+)
+from runtara_core.persistence.rows import (
+    NO_UPDATE,
+    CheckpointRow,
+    CheckpointSaveResult,
+    CustomSignalConsumed,
+    CustomSignalEnqueued,
+    CustomSignalRow,
+    EventRow,
+    ImageRow,
+    InstanceFilter,
+    InstanceRow,
+    InstanceStatus,
+    InstanceUpdate,
+    NewEvent,
+    NewImage,
+    NewInstance,
+    Page,
+    ProcessExit,
+    ReplayEntry,
+    SignalRow,
+    SignalType,
+    TerminationReason,
+    check_id,
+    check_page,
+)
+from runtara_core.persistence.rules import Clock, wall_clock_ms
+from runtara_core.persistence.sqlbuild import (
+    Params,
+    claim_due_statement,
+    claim_signal_waiters_statement,
+    count_active_statement,
+    list_instances_queries,
+    transition_statement,
+)
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# Class id of the two-key advisory locks that number image versions (any constant of our own).
+_IMAGE_VERSION_LOCK = 0x52544931
+
+# One round trip: lock the instance row (absent: no row, so nothing is inserted), insert unless
+# the id exists (ON CONFLICT waits for a concurrent inserter, then yields to it), refresh
+# liveness and the latest-checkpoint pointer, and read the pending signal.
+_SAVE_CHECKPOINT = """
+WITH inst AS (
+    SELECT instance_id FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE
+), saved AS (
+    INSERT INTO checkpoints (instance_id, checkpoint_id, state, created_at_ms)
+    SELECT instance_id, $2, $3, $4 FROM inst
+    ON CONFLICT (instance_id, checkpoint_id) DO NOTHING
+    RETURNING checkpoint_id
+), touched AS (
+    UPDATE instances
+    SET heartbeat_at_ms = $4,
+        checkpoint_id = COALESCE((SELECT checkpoint_id FROM saved), instances.checkpoint_id)
+    WHERE instance_id IN (SELECT instance_id FROM inst)
+)
+SELECT EXISTS (SELECT 1 FROM inst) AS present,
+       EXISTS (SELECT 1 FROM saved) AS saved,
+       s.instance_id, s.signal_type, s.payload, s.created_at_ms
+FROM (SELECT 1) AS one LEFT JOIN signals s ON s.instance_id = $1
+"""
+
+_INSERT_EVENT = (
+    "INSERT INTO events (instance_id, type, subtype, payload, created_at_ms) "
+    "SELECT instance_id, $2, $3, $4, $5 FROM instances WHERE instance_id = $1 "
+    f"RETURNING {EVENT_COLUMNS}"
+)
+
+
+class PostgresPersistence(Persistence):
+    """Use ``open()``; the constructor only wraps an existing pool."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        clock: Clock = wall_clock_ms,
+        schema: str | None = None,
+        migrations_dir: Path | None = None,
+    ) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._schema = schema
+        self._migrations_dir = migrations_dir
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        clock: Clock = wall_clock_ms,
+        schema: str | None = None,
+        migrations_dir: Path | None = None,
+        apply_migrations: bool = True,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> PostgresPersistence:
+        """Connect a pool to ``dsn`` and migrate.
+
+        ``schema`` puts every table in that schema (created if missing) through each
+        connection's search_path: tests and tenants of one server stay apart.
+        """
+        server_settings: dict[str, str] = {}
+        if schema is not None:
+            if not _SCHEMA_NAME.match(schema):
+                raise BadRequest(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
+            server_settings["search_path"] = schema
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, server_settings=server_settings
+        )
+        store = cls(pool, clock=clock, schema=schema, migrations_dir=migrations_dir)
+        try:
+            if apply_migrations:
+                await store.migrate()
+        except BaseException:
+            await pool.close()
+            raise
+        log.debug("opened PostgreSQL pool (schema %s)", schema or "default")
+        return store
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def migrate(self) -> list[str]:
+        migrations = load_migrations("postgres", self._migrations_dir)
+        async with self._pool.acquire() as conn:
+            return await apply_postgres(conn, migrations, self._clock, self._schema)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # ------------------------------------------------------------------ instances
+
+    async def create_instance(self, new: NewInstance) -> tuple[InstanceRow, bool]:
+        now = self._clock()
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO instances (instance_id, tenant, image_id, image_name, image_version, "
+                "status, max_attempts, input, created_at_ms, updated_at_ms, node_id, priority, "
+                "timeout_ms, env) "
+                "SELECT $1, tenant, image_id, name, version, 'pending', $3, $4, $5, $5, $6, $7, "
+                "$8, $9 FROM images WHERE image_id = $2 "
+                f"ON CONFLICT (instance_id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
+                new.instance_id,
+                new.image_id,
+                new.max_attempts,
+                new.input,
+                now,
+                new.node_id,
+                new.priority,
+                new.timeout_ms,
+                encode_json(new.env),
+            )
+            if row is not None:
+                return instance_from_record(row), True
+            # Not inserted: the id exists (possibly just committed by a concurrent start) or
+            # the image does not. A new statement sees what has committed since.
+            existing = await conn.fetchrow(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1",
+                new.instance_id,
+            )
+            image_tenant = await conn.fetchval(
+                "SELECT tenant FROM images WHERE image_id = $1", new.image_id
+            )
+        rules.check_start(
+            new.instance_id,
+            new.image_id,
+            image_tenant,
+            None if existing is None else existing["tenant"],
+        )
+        assert existing is not None
+        return instance_from_record(existing), False
+
+    async def get_instance(self, instance_id: str) -> InstanceRow | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1", instance_id
+        )
+        return None if row is None else instance_from_record(row)
+
+    async def list_instances(self, filter: InstanceFilter) -> Page[InstanceRow]:
+        (page_sql, page_args), (count_sql, count_args) = list_instances_queries(
+            filter, postgres=True
+        )
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            total = await conn.fetchval(count_sql, *count_args)
+            rows = await conn.fetch(page_sql, *page_args)
+        return Page(tuple(instance_from_record(r) for r in rows), total)
+
+    async def count_by_status(self, tenant: str | None = None) -> dict[InstanceStatus, int]:
+        where, args = ("WHERE tenant = $1", (tenant,)) if tenant is not None else ("", ())
+        rows = await self._pool.fetch(
+            f"SELECT status, COUNT(*) FROM instances {where} GROUP BY status", *args
+        )
+        counts = dict.fromkeys(InstanceStatus, 0)
+        for status, count in rows:
+            counts[InstanceStatus(status)] = count
+        return counts
+
+    async def transition(
+        self,
+        instance_id: str,
+        expected: Collection[InstanceStatus],
+        new: InstanceStatus,
+        *,
+        reason: TerminationReason | None = None,
+        update: InstanceUpdate = NO_UPDATE,
+        event: NewEvent | None = None,
+    ) -> InstanceRow:
+        allowed = rules.check_expected(expected)
+        now = self._clock()
+        params = Params(postgres=True)
+        sql = transition_statement(
+            params, instance_id, allowed, rules.plan_transition(new, reason, update, now)
+        )
+        if event is not None:
+            # One statement: the event row exists only if the compare-and-set matched.
+            sql = (
+                f"WITH moved AS ({sql}), logged AS ("
+                "INSERT INTO events (instance_id, type, subtype, payload, created_at_ms) "
+                f"SELECT instance_id, {params(event.type)}, {params(event.subtype)}, "
+                f"{params(event.payload)}, {params(now)} FROM moved) "
+                "SELECT * FROM moved"
+            )
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(sql, *params.values)
+            if row is None:
+                actual = await conn.fetchval(
+                    "SELECT status FROM instances WHERE instance_id = $1", instance_id
+                )
+                raise rules.transition_refused(instance_id, actual, allowed, new)
+        return instance_from_record(row)
+
+    # ------------------------------------------------------------------ liveness and metrics
+
+    async def _update_instance(self, instance_id: str, sql_set: str, *args: object) -> None:
+        """``UPDATE instances SET <sql_set>`` for one instance ($1 is the id); NotFound if none."""
+        status = await self._pool.execute(
+            f"UPDATE instances SET {sql_set} WHERE instance_id = $1", instance_id, *args
+        )
+        if status == "UPDATE 0":
+            raise rules.instance_not_found(instance_id)
+
+    async def touch_heartbeat(self, instance_id: str) -> None:
+        await self._update_instance(instance_id, "heartbeat_at_ms = $2", self._clock())
+
+    async def record_process(self, instance_id: str, pid: int, pid_create_time: float) -> None:
+        await self._update_instance(
+            instance_id,
+            "pid = $2, pid_create_time = $3, updated_at_ms = $4",
+            pid,
+            pid_create_time,
+            self._clock(),
+        )
+
+    async def record_exit_metrics(self, instance_id: str, exit: ProcessExit) -> None:
+        await self._update_instance(
+            instance_id,
+            "exit_code = $2, exit_signal = $3, peak_rss_bytes = $4, cpu_time_ms = $5, "
+            "stderr_tail = $6, updated_at_ms = $7",
+            exit.exit_code,
+            exit.exit_signal,
+            exit.peak_rss_bytes,
+            exit.cpu_time_ms,
+            exit.stderr_tail,
+            self._clock(),
+        )
+
+    async def find_stale_running(
+        self, heartbeat_before_ms: int, limit: int = 1000
+    ) -> list[InstanceRow]:
+        check_page(limit)
+        rows = await self._pool.fetch(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE status = 'running' "
+            "AND COALESCE(heartbeat_at_ms, started_at_ms, created_at_ms) < $1 "
+            "ORDER BY instance_id LIMIT $2",
+            heartbeat_before_ms,
+            limit,
+        )
+        return [instance_from_record(r) for r in rows]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def save_checkpoint_if_absent(
+        self, instance_id: str, checkpoint_id: str, state: bytes
+    ) -> CheckpointSaveResult:
+        check_id("checkpoint_id", checkpoint_id)
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                _SAVE_CHECKPOINT, instance_id, checkpoint_id, state, self._clock()
+            )
+            assert row is not None
+            if not row["present"]:
+                raise rules.instance_not_found(instance_id)
+            stored = state
+            if not row["saved"]:
+                # The winner may have committed after this statement's snapshot: read anew.
+                stored = await conn.fetchval(
+                    "SELECT state FROM checkpoints WHERE instance_id = $1 AND checkpoint_id = $2",
+                    instance_id,
+                    checkpoint_id,
+                )
+        signal = None if row["signal_type"] is None else signal_from_record(row)
+        return CheckpointSaveResult(row["saved"], stored, signal)
+
+    async def get_checkpoint(self, instance_id: str, checkpoint_id: str) -> CheckpointRow | None:
+        row = await self._pool.fetchrow(
+            "SELECT seq, instance_id, checkpoint_id, state, length(state) AS size_bytes, "
+            "created_at_ms FROM checkpoints WHERE instance_id = $1 AND checkpoint_id = $2",
+            instance_id,
+            checkpoint_id,
+        )
+        return None if row is None else checkpoint_from_record(row)
+
+    async def list_checkpoints(
+        self, instance_id: str, *, limit: int = 100, offset: int = 0, with_state: bool = False
+    ) -> Page[CheckpointRow]:
+        check_page(limit, offset)
+        state = "state" if with_state else "NULL::bytea AS state"
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            total = await conn.fetchval(
+                "SELECT COUNT(*) FROM checkpoints WHERE instance_id = $1", instance_id
+            )
+            rows = await conn.fetch(
+                f"SELECT seq, instance_id, checkpoint_id, {state}, "
+                "length(state) AS size_bytes, created_at_ms FROM checkpoints "
+                "WHERE instance_id = $1 ORDER BY seq LIMIT $2 OFFSET $3",
+                instance_id,
+                limit,
+                offset,
+            )
+        return Page(tuple(checkpoint_from_record(r) for r in rows), total)
+
+    async def replay_history(self, instance_id: str, state_budget_bytes: int) -> list[ReplayEntry]:
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            sized = await conn.fetch(
+                "SELECT checkpoint_id, length(state) AS size FROM checkpoints "
+                "WHERE instance_id = $1 ORDER BY seq",
+                instance_id,
+            )
+            fits = rules.replay_prefix((r["size"] for r in sized), state_budget_bytes)
+            states = [
+                r["state"]
+                for r in await conn.fetch(
+                    "SELECT state FROM checkpoints WHERE instance_id = $1 ORDER BY seq LIMIT $2",
+                    instance_id,
+                    fits,
+                )
+            ]
+        return [
+            ReplayEntry(r["checkpoint_id"], states[i] if i < fits else None)
+            for i, r in enumerate(sized)
+        ]
+
+    # ------------------------------------------------------------------ events
+
+    async def append_event(self, instance_id: str, event: NewEvent) -> EventRow:
+        row = await self._pool.fetchrow(
+            _INSERT_EVENT, instance_id, event.type, event.subtype, event.payload, self._clock()
+        )
+        if row is None:
+            raise rules.instance_not_found(instance_id)
+        return event_from_record(row)
+
+    async def list_events(
+        self, instance_id: str, *, after_id: int = 0, limit: int = 100
+    ) -> list[EventRow]:
+        check_page(limit)
+        rows = await self._pool.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE instance_id = $1 AND id > $2 "
+            "ORDER BY id LIMIT $3",
+            instance_id,
+            after_id,
+            limit,
+        )
+        return [event_from_record(r) for r in rows]
+
+    # ------------------------------------------------------------------ instance-wide signals
+
+    async def put_signal(
+        self, instance_id: str, signal_type: SignalType, payload: bytes = b""
+    ) -> SignalRow:
+        incoming = SignalType(signal_type)
+        now = self._clock()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._lock_instance(conn, instance_id)
+            current = await conn.fetchrow(
+                f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE instance_id = $1", instance_id
+            )
+            pending = None if current is None else SignalType(current["signal_type"])
+            if not rules.signal_takes_slot(pending, incoming):
+                assert current is not None
+                return signal_from_record(current)
+            row = await conn.fetchrow(
+                "INSERT INTO signals (instance_id, signal_type, payload, created_at_ms) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (instance_id) DO UPDATE SET "
+                "signal_type = excluded.signal_type, payload = excluded.payload, "
+                f"created_at_ms = excluded.created_at_ms RETURNING {SIGNAL_COLUMNS}",
+                instance_id,
+                incoming,
+                payload,
+                now,
+            )
+        return signal_from_record(row)
+
+    async def pending_signal(self, instance_id: str) -> SignalRow | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE instance_id = $1", instance_id
+        )
+        return None if row is None else signal_from_record(row)
+
+    async def ack_signal(self, instance_id: str, signal_type: SignalType) -> bool:
+        status: str = await self._pool.execute(
+            "DELETE FROM signals WHERE instance_id = $1 AND signal_type = $2",
+            instance_id,
+            SignalType(signal_type),
+        )
+        return status == "DELETE 1"
+
+    # ------------------------------------------------------------------ custom signals
+
+    async def enqueue_custom_signal(
+        self, instance_id: str, name: str, payload: bytes
+    ) -> CustomSignalEnqueued:
+        check_id("signal name", name)
+        now = self._clock()
+        params = Params(postgres=True)
+        wake_sql = claim_signal_waiters_statement(params, rules.plan_wake(now), instance_id, 1)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO custom_signals (instance_id, name, payload, created_at_ms) "
+                "SELECT instance_id, $2, $3, $4 FROM instances WHERE instance_id = $1 "
+                f"RETURNING {CUSTOM_SIGNAL_COLUMNS}",
+                instance_id,
+                name,
+                payload,
+                now,
+            )
+            if row is None:
+                raise rules.instance_not_found(instance_id)
+            woken = await conn.fetchrow(wake_sql, *params.values)
+        return CustomSignalEnqueued(
+            custom_signal_from_record(row), None if woken is None else instance_from_record(woken)
+        )
+
+    async def consume_custom_signal(
+        self, instance_id: str, name: str, checkpoint_id: str
+    ) -> CustomSignalConsumed:
+        check_id("checkpoint_id", checkpoint_id)
+        now = self._clock()
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The row lock serializes consumers of this instance; each statement after it
+            # takes a fresh snapshot and so sees what earlier holders committed.
+            await self._lock_instance(conn, instance_id, heartbeat_at_ms=now)
+            stored = await conn.fetchval(
+                "SELECT state FROM checkpoints WHERE instance_id = $1 AND checkpoint_id = $2",
+                instance_id,
+                checkpoint_id,
+            )
+            if stored is not None:
+                return CustomSignalConsumed(found=True, payload=stored, replayed=True)
+            payload = await conn.fetchval(
+                """
+                WITH oldest AS (
+                    SELECT id FROM custom_signals
+                    WHERE instance_id = $1 AND name = $2 AND consumed_at_ms IS NULL
+                    ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+                ), taken AS (
+                    UPDATE custom_signals c
+                    SET consumed_at_ms = $4, consumed_by_checkpoint_id = $3
+                    FROM oldest WHERE c.id = oldest.id
+                    RETURNING c.payload
+                ), saved AS (
+                    INSERT INTO checkpoints (instance_id, checkpoint_id, state, created_at_ms)
+                    SELECT $1, $3, payload, $4 FROM taken
+                    RETURNING checkpoint_id
+                ), pointed AS (
+                    UPDATE instances SET checkpoint_id = saved.checkpoint_id
+                    FROM saved WHERE instances.instance_id = $1
+                )
+                SELECT payload FROM taken
+                """,
+                instance_id,
+                name,
+                checkpoint_id,
+                now,
+            )
+        if payload is None:
+            return CustomSignalConsumed(found=False, payload=None, replayed=False)
+        return CustomSignalConsumed(found=True, payload=payload, replayed=False)
+
+    async def list_custom_signals(
+        self, instance_id: str, *, include_consumed: bool = False, limit: int = 100
+    ) -> list[CustomSignalRow]:
+        check_page(limit)
+        unconsumed = "" if include_consumed else "AND consumed_at_ms IS NULL "
+        rows = await self._pool.fetch(
+            f"SELECT {CUSTOM_SIGNAL_COLUMNS} FROM custom_signals WHERE instance_id = $1 "
+            f"{unconsumed}ORDER BY id LIMIT $2",
+            instance_id,
+            limit,
+        )
+        return [custom_signal_from_record(r) for r in rows]
+
+    @staticmethod
+    async def _lock_instance(
+        conn: asyncpg.Connection, instance_id: str, *, heartbeat_at_ms: int | None = None
+    ) -> None:
+        """Take the instance row's write lock (refreshing liveness if given); NotFound if absent."""
+        if heartbeat_at_ms is None:
+            found = await conn.fetchval(
+                "SELECT 1 FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE", instance_id
+            )
+        else:
+            found = await conn.fetchval(
+                "UPDATE instances SET heartbeat_at_ms = $2 WHERE instance_id = $1 RETURNING 1",
+                instance_id,
+                heartbeat_at_ms,
+            )
+        if found is None:
+            raise rules.instance_not_found(instance_id)
+
+    # ------------------------------------------------------------------ wake-ups
+
+    async def claim_due_wakeups(self, now_ms: int, limit: int = 100) -> list[InstanceRow]:
+        check_page(limit)
+        params = Params(postgres=True)
+        sql = claim_due_statement(params, rules.plan_wake(self._clock()), now_ms, limit)
+        rows = await self._pool.fetch(sql, *params.values)
+        return [instance_from_record(r) for r in rows]
+
+    async def claim_signal_waiters(
+        self, instance_id: str | None = None, limit: int = 100
+    ) -> list[InstanceRow]:
+        check_page(limit)
+        params = Params(postgres=True)
+        sql = claim_signal_waiters_statement(
+            params, rules.plan_wake(self._clock()), instance_id, limit
+        )
+        rows = await self._pool.fetch(sql, *params.values)
+        return [instance_from_record(r) for r in rows]
+
+    async def next_wake_at(self) -> int | None:
+        wake_at: int | None = await self._pool.fetchval(
+            "SELECT MIN(wake_at_ms) FROM instances WHERE status = 'suspended' "
+            "AND wake_at_ms IS NOT NULL AND termination_reason IN ('sleeping', 'waiting')"
+        )
+        return wake_at
+
+    # ------------------------------------------------------------------ images
+
+    async def create_image(self, new: NewImage) -> ImageRow:
+        now = self._clock()
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Two registrations of one name would both read the same MAX(version): serialize
+            # them. The INSERT is a later statement, so it sees the previous holder's row.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2 || chr(31) || $3))",
+                _IMAGE_VERSION_LOCK,
+                new.tenant,
+                new.name,
+            )
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO images (image_id, tenant, name, version, description, "
+                    "entrypoint, input_schema, metadata, sha256, size_bytes, created_at_ms) "
+                    "SELECT $1, $2, $3, COALESCE(MAX(version), 0) + 1, $4, $5, $6, $7, $8, $9, $10 "
+                    f"FROM images WHERE tenant = $2 AND name = $3 RETURNING {IMAGE_COLUMNS}",
+                    new.image_id,
+                    new.tenant,
+                    new.name,
+                    new.description,
+                    new.entrypoint,
+                    encode_json(new.input_schema),
+                    encode_json(new.metadata),
+                    new.sha256,
+                    new.size_bytes,
+                    now,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict(f"image id {new.image_id!r} is already in use") from exc
+        return image_from_record(row)
+
+    async def get_image(self, image_id: str, tenant: str | None = None) -> ImageRow | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE image_id = $1", image_id
+        )
+        if row is None or (tenant is not None and row["tenant"] != tenant):
+            return None
+        return image_from_record(row)
+
+    async def latest_image(self, tenant: str, name: str) -> ImageRow | None:
+        row = await self._pool.fetchrow(
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE tenant = $1 AND name = $2 "
+            "ORDER BY version DESC LIMIT 1",
+            tenant,
+            name,
+        )
+        return None if row is None else image_from_record(row)
+
+    async def list_images(
+        self, tenant: str | None = None, *, name: str | None = None
+    ) -> list[ImageRow]:
+        params = Params(postgres=True)
+        conditions = [
+            f"{column} = {params(value)}"
+            for column, value in (("tenant", tenant), ("name", name))
+            if value is not None
+        ]
+        where = " AND ".join(conditions) or "TRUE"
+        rows = await self._pool.fetch(
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE {where} ORDER BY tenant, name, version",
+            *params.values,
+        )
+        return [image_from_record(r) for r in rows]
+
+    async def delete_image(self, image_id: str, tenant: str | None = None) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # FOR UPDATE waits for starts in flight (their foreign-key check holds KEY SHARE on
+            # this row) and blocks new ones until the delete commits, so the count is final.
+            image_tenant = await conn.fetchval(
+                "SELECT tenant FROM images WHERE image_id = $1 FOR UPDATE", image_id
+            )
+            rules.check_image_deletable(
+                image_id, image_tenant, tenant, await _count_active(conn, image_id)
+            )
+            await conn.execute("DELETE FROM images WHERE image_id = $1", image_id)
+
+    async def count_active_instances_for_image(self, image_id: str) -> int:
+        async with self._pool.acquire() as conn:
+            return await _count_active(conn, image_id)
+
+
+async def _count_active(conn: asyncpg.Connection, image_id: str) -> int:
+    params = Params(postgres=True)
+    return int(await conn.fetchval(count_active_statement(params, image_id), *params.values))

@@ -1,0 +1,156 @@
+"""Decisions both backends make the same way, kept free of I/O so they are written once.
+
+Each backend runs its own SQL, but what to write (the columns a transition sets, whether an
+incoming signal takes the slot, how much history fits the replay budget) comes from here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+from runtara_core.errors import BadRequest, Conflict, InvalidState, NotFound, RuntaraError
+from runtara_core.persistence.rows import (
+    NO_UPDATE,
+    InstanceStatus,
+    InstanceUpdate,
+    SignalType,
+    TerminationReason,
+)
+
+Clock = Callable[[], int]
+"""Returns the current time in Unix epoch milliseconds; injectable so tests control time."""
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def plan_transition(
+    new: InstanceStatus,
+    reason: TerminationReason | None,
+    update: InstanceUpdate,
+    now_ms: int,
+) -> dict[str, Any]:
+    """The columns a compare-and-set transition writes, in a stable order.
+
+    The reason always describes the new status, so it is written on every transition (None
+    clears a stale one). A hibernation's wake time and awaited signal only mean something while
+    suspended, so leaving suspended clears them; entering a terminal status stamps finished_at.
+    Explicit values in ``update`` win over these defaults.
+    """
+    columns: dict[str, Any] = {
+        "status": new,
+        "termination_reason": reason,
+        "updated_at_ms": now_ms,
+    }
+    if new is not InstanceStatus.SUSPENDED:
+        columns["wake_at_ms"] = None
+        columns["waiting_signal_name"] = None
+    if new.is_terminal:
+        columns["finished_at_ms"] = now_ms
+    columns.update(update.assignments())
+    return columns
+
+
+def plan_wake(now_ms: int) -> dict[str, Any]:
+    """Columns written when a hibernating instance is claimed for relaunch (to pending)."""
+    return plan_transition(InstanceStatus.PENDING, None, NO_UPDATE, now_ms)
+
+
+def check_expected(expected: Collection[InstanceStatus]) -> frozenset[InstanceStatus]:
+    if not expected:
+        raise BadRequest("a transition needs at least one expected status")
+    return frozenset(InstanceStatus(s) for s in expected)
+
+
+def transition_refused(
+    instance_id: str,
+    actual: str | None,
+    expected: Iterable[InstanceStatus],
+    new: InstanceStatus,
+) -> RuntaraError:
+    """The error for a compare-and-set that matched no row; ``actual`` is the status read after."""
+    if actual is None:
+        return NotFound(f"instance {instance_id!r} not found")
+    wanted = " or ".join(sorted(s.value for s in expected))
+    return InvalidState(
+        f"instance {instance_id!r} is {actual}, expected {wanted} to move it to {new.value}"
+    )
+
+
+def instance_not_found(instance_id: str) -> NotFound:
+    return NotFound(f"instance {instance_id!r} not found")
+
+
+# --------------------------------------------------------------------------- starts and images
+
+
+def check_start(
+    instance_id: str, image_id: str, image_tenant: str | None, existing_tenant: str | None
+) -> None:
+    """Why a start request cannot create or return an instance, if it cannot.
+
+    An id taken by another tenant is refused rather than returned, which would leak its data.
+    """
+    if image_tenant is None:
+        raise NotFound(f"image {image_id!r} not found")
+    if existing_tenant is not None and existing_tenant != image_tenant:
+        raise Conflict(f"instance id {instance_id!r} is already in use")
+
+
+def check_image_deletable(
+    image_id: str, image_tenant: str | None, caller_tenant: str | None, active_instances: int
+) -> None:
+    if image_tenant is None or (caller_tenant is not None and caller_tenant != image_tenant):
+        raise NotFound(f"image {image_id!r} not found")
+    if active_instances:
+        raise InvalidState(
+            f"image {image_id!r} is used by {active_instances} unfinished instance(s)"
+        )
+
+
+# --------------------------------------------------------------------------- signals
+
+_SIGNAL_RANK: dict[SignalType, int] = {
+    SignalType.CANCEL: 2,
+    SignalType.PAUSE: 1,
+    SignalType.RESUME: 1,
+}
+
+
+def signal_takes_slot(pending: SignalType | None, incoming: SignalType) -> bool:
+    """Whether an incoming instance-wide signal replaces the one pending.
+
+    Cancel outranks pause and resume: nothing replaces a pending cancel, and a cancel replaces
+    either. Between pause and resume the latest wins. Repeating the pending signal is a no-op,
+    so the slot keeps the first request's payload and time.
+    """
+    if pending is None:
+        return True
+    if pending is incoming:
+        return False
+    return _SIGNAL_RANK[incoming] >= _SIGNAL_RANK[pending]
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def replay_prefix(sizes: Iterable[int], budget_bytes: int) -> int:
+    """How many leading checkpoint states fit in ``budget_bytes`` together.
+
+    A restarted instance replays its history in order, so only a prefix helps: past the first
+    state that does not fit it has to ask the server anyway.
+    """
+    used = 0
+    count = 0
+    for size in sizes:
+        used += size
+        if used > budget_bytes:
+            break
+        count += 1
+    return count

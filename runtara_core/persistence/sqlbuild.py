@@ -1,0 +1,171 @@
+"""Statements built at run time (transitions, claims, listings), written once for both dialects.
+
+SQLite binds ``?`` and PostgreSQL ``$1, $2, ...``, and only PostgreSQL needs row locks to keep
+concurrent claimers apart (SQLite writers are serialized by BEGIN IMMEDIATE); ``Params`` hides
+both differences so each statement is written once. Only column names from fixed whitelists
+(dataclass fields, this module's literals) are ever put into SQL text; every value is a bind
+parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from runtara_core.persistence.records import INSTANCE_COLUMNS
+from runtara_core.persistence.rows import (
+    ACTIVE_STATUSES,
+    InstanceFilter,
+    InstanceOrder,
+    InstanceStatus,
+)
+
+_ORDER_BY: dict[InstanceOrder, str] = {
+    InstanceOrder.CREATED_ASC: "created_at_ms ASC, instance_id ASC",
+    InstanceOrder.CREATED_DESC: "created_at_ms DESC, instance_id DESC",
+    InstanceOrder.PRIORITY: "priority DESC, created_at_ms ASC, instance_id ASC",
+}
+
+
+class Params:
+    """The bind values of one statement; calling it with a value returns that value's placeholder.
+
+    Ask for placeholders in the order they appear in the SQL text: SQLite binds by position.
+    """
+
+    def __init__(self, *, postgres: bool) -> None:
+        self.postgres = postgres
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}" if self.postgres else "?"
+
+    def any_of(self, column: str, values: Iterable[Any]) -> str:
+        """``column`` equals one of ``values`` (one array parameter on PostgreSQL)."""
+        items = list(values)
+        if self.postgres:
+            return f"{column} = ANY({self(items)})"
+        return f"{column} IN ({', '.join(self(v) for v in items)})"
+
+    def skip_locked(self, table: str | None = None) -> str:
+        """Row-lock clause for a claim's SELECT: rows another claimer holds are skipped."""
+        if not self.postgres:
+            return ""
+        return f" FOR UPDATE OF {table} SKIP LOCKED" if table else " FOR UPDATE SKIP LOCKED"
+
+
+def set_clause(columns: Mapping[str, Any], params: Params) -> str:
+    return ", ".join(f"{column} = {params(value)}" for column, value in columns.items())
+
+
+def instance_filter_clause(f: InstanceFilter, params: Params) -> str:
+    """The WHERE condition (``TRUE`` when nothing is filtered) of a listing."""
+    conditions: list[str] = []
+    if f.tenant is not None:
+        conditions.append(f"tenant = {params(f.tenant)}")
+    if f.statuses:
+        conditions.append(params.any_of("status", sorted(f.statuses)))
+    if f.image_id is not None:
+        conditions.append(f"image_id = {params(f.image_id)}")
+    if f.image_name is not None:
+        conditions.append(f"image_name = {params(f.image_name)}")
+    if f.created_from_ms is not None:
+        conditions.append(f"created_at_ms >= {params(f.created_from_ms)}")
+    if f.created_to_ms is not None:
+        conditions.append(f"created_at_ms < {params(f.created_to_ms)}")
+    if f.finished_from_ms is not None:
+        conditions.append(f"finished_at_ms >= {params(f.finished_from_ms)}")
+    if f.finished_to_ms is not None:
+        conditions.append(f"finished_at_ms < {params(f.finished_to_ms)}")
+    return " AND ".join(conditions) or "TRUE"
+
+
+def instance_order_clause(order: InstanceOrder) -> str:
+    return _ORDER_BY[order]
+
+
+# --------------------------------------------------------------------------- statements
+
+
+def transition_statement(
+    params: Params,
+    instance_id: str,
+    expected: Iterable[InstanceStatus],
+    columns: Mapping[str, Any],
+) -> str:
+    """Compare and set: the UPDATE matches no row unless the status is one of ``expected``."""
+    return (
+        f"UPDATE instances SET {set_clause(columns, params)} "
+        f"WHERE instance_id = {params(instance_id)} "
+        f"AND {params.any_of('status', sorted(expected))} "
+        f"RETURNING {INSTANCE_COLUMNS}"
+    )
+
+
+def claim_due_statement(params: Params, columns: Mapping[str, Any], now_ms: int, limit: int) -> str:
+    """Claim hibernating instances whose wake time has come (oldest due first)."""
+    return _claim(
+        params,
+        columns,
+        "SELECT instance_id FROM instances "
+        "WHERE status = 'suspended' AND termination_reason IN ('sleeping', 'waiting') "
+        f"AND wake_at_ms <= {params(now_ms)} "
+        f"ORDER BY wake_at_ms LIMIT {params(limit)}{params.skip_locked()}",
+    )
+
+
+def claim_signal_waiters_statement(
+    params: Params, columns: Mapping[str, Any], instance_id: str | None, limit: int
+) -> str:
+    """Claim instances hibernating on a signal name that has an unconsumed signal queued."""
+    only = "" if instance_id is None else f"AND w.instance_id = {params(instance_id)} "
+    return _claim(
+        params,
+        columns,
+        "SELECT w.instance_id FROM instances w "
+        f"WHERE w.status = 'suspended' AND w.termination_reason = 'waiting' {only}"
+        "AND EXISTS (SELECT 1 FROM custom_signals c WHERE c.instance_id = w.instance_id "
+        "AND c.name = w.waiting_signal_name AND c.consumed_at_ms IS NULL) "
+        f"LIMIT {params(limit)}{params.skip_locked('w')}",
+    )
+
+
+def _claim(params: Params, columns: Mapping[str, Any], pick: str) -> str:
+    """Move the suspended instances ``pick`` selects to the state ``columns`` describe.
+
+    ``pick`` is bound first, so it comes first in the text: a MATERIALIZED CTE, which also makes
+    PostgreSQL run it (and its LIMIT and row locks) exactly once, rather than once per row
+    of a semi-join.
+    """
+    return (
+        f"WITH picked AS MATERIALIZED ({pick}) "
+        f"UPDATE instances SET {set_clause(columns, params)} "
+        "WHERE status = 'suspended' AND instance_id IN (SELECT instance_id FROM picked) "
+        f"RETURNING {INSTANCE_COLUMNS}"
+    )
+
+
+def count_active_statement(params: Params, image_id: str) -> str:
+    """Unfinished instances of an image: while any exist the image may not be deleted."""
+    return (
+        f"SELECT COUNT(*) FROM instances WHERE image_id = {params(image_id)} "
+        f"AND {params.any_of('status', sorted(ACTIVE_STATUSES))}"
+    )
+
+
+Query = tuple[str, list[Any]]
+"""SQL text and its bind values."""
+
+
+def list_instances_queries(f: InstanceFilter, *, postgres: bool) -> tuple[Query, Query]:
+    """The page query and the total-count query of a listing."""
+    params = Params(postgres=postgres)
+    where = instance_filter_clause(f, params)
+    count: Query = (f"SELECT COUNT(*) FROM instances WHERE {where}", list(params.values))
+    page_sql = (
+        f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {where} "
+        f"ORDER BY {instance_order_clause(f.order)} "
+        f"LIMIT {params(f.limit)} OFFSET {params(f.offset)}"
+    )
+    return (page_sql, params.values), count

@@ -1,0 +1,795 @@
+"""``Persistence`` on one SQLite file through aiosqlite (the embedded default).
+
+Each aiosqlite call hops to the connection's thread and back (~80 us), so every method runs its
+whole transaction as one synchronous function on that thread: one hop per call, and no other
+task's statements can interleave with it. Writes use BEGIN IMMEDIATE, which takes the write lock
+up front: several processes sharing the file queue on ``busy_timeout`` instead of failing on a
+lock upgrade. WAL lets readers in other processes proceed during a write.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Collection
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from runtara_core.errors import Conflict
+from runtara_core.persistence import rules
+from runtara_core.persistence.base import Persistence
+from runtara_core.persistence.migrations import apply_sqlite, load_migrations
+from runtara_core.persistence.records import (
+    CUSTOM_SIGNAL_COLUMNS,
+    EVENT_COLUMNS,
+    IMAGE_COLUMNS,
+    INSTANCE_COLUMNS,
+    SIGNAL_COLUMNS,
+    checkpoint_from_record,
+    custom_signal_from_record,
+    encode_json,
+    event_from_record,
+    image_from_record,
+    instance_from_record,
+    signal_from_record,
+)
+from runtara_core.persistence.rows import (
+    NO_UPDATE,
+    CheckpointRow,
+    CheckpointSaveResult,
+    CustomSignalConsumed,
+    CustomSignalEnqueued,
+    CustomSignalRow,
+    EventRow,
+    ImageRow,
+    InstanceFilter,
+    InstanceRow,
+    InstanceStatus,
+    InstanceUpdate,
+    NewEvent,
+    NewImage,
+    NewInstance,
+    Page,
+    ProcessExit,
+    ReplayEntry,
+    SignalRow,
+    SignalType,
+    TerminationReason,
+    check_id,
+    check_page,
+)
+from runtara_core.persistence.rules import Clock, wall_clock_ms
+from runtara_core.persistence.sqlbuild import (
+    Params,
+    claim_due_statement,
+    claim_signal_waiters_statement,
+    count_active_statement,
+    list_instances_queries,
+    transition_statement,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Tx = Callable[[sqlite3.Connection], T]
+
+
+class _Connection(aiosqlite.Connection):
+    """An aiosqlite connection that can run a whole transaction in one hop to its thread.
+
+    aiosqlite has no public hook for "run this callable on your thread"; its own cursors use
+    ``_execute``, and this subclass exposes exactly that, typed.
+    """
+
+    async def run(self, fn: Tx[T]) -> T:
+        result: T = await self._execute(fn, self._conn)  # type: ignore[no-untyped-call]
+        return result
+
+
+def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    # isolation_level=None: autocommit, so BEGIN/COMMIT are ours and explicit.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    _enable_wal(conn, busy_timeout_ms)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _enable_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    """Switch the file to WAL (a no-op once it is).
+
+    The switch needs an exclusive lock and SQLite reports BUSY at once instead of waiting on
+    busy_timeout, which happens when two processes open a new file together: retry until the
+    timeout.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+            continue
+        if mode != "wal":
+            log.warning("SQLite journal mode is %s, not wal (an in-memory database?)", mode)
+        return
+
+
+def _write_tx(fn: Tx[T], conn: sqlite3.Connection) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _read_tx(fn: Tx[T], conn: sqlite3.Connection) -> T:
+    """A deferred transaction: several SELECTs see one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        return fn(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
+def _one(conn: sqlite3.Connection, sql: str, *args: Any) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(sql, args).fetchone()
+    return row
+
+
+def _all(conn: sqlite3.Connection, sql: str, *args: Any) -> list[sqlite3.Row]:
+    return conn.execute(sql, args).fetchall()
+
+
+def _require_instance(conn: sqlite3.Connection, instance_id: str) -> None:
+    if _one(conn, "SELECT 1 FROM instances WHERE instance_id = ?", instance_id) is None:
+        raise rules.instance_not_found(instance_id)
+
+
+def _update_instance(conn: sqlite3.Connection, instance_id: str, sql_set: str, *args: Any) -> None:
+    """``UPDATE instances SET <sql_set>`` for one instance; NotFound if there is none."""
+    cursor = conn.execute(
+        f"UPDATE instances SET {sql_set} WHERE instance_id = ?", (*args, instance_id)
+    )
+    if cursor.rowcount == 0:
+        raise rules.instance_not_found(instance_id)
+
+
+def _insert_checkpoint(
+    conn: sqlite3.Connection, instance_id: str, checkpoint_id: str, state: bytes, now: int
+) -> bool:
+    """Save-if-absent plus the instance's latest-checkpoint pointer; True if this call saved."""
+    cursor = conn.execute(
+        "INSERT INTO checkpoints (instance_id, checkpoint_id, state, created_at_ms) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (instance_id, checkpoint_id) DO NOTHING",
+        (instance_id, checkpoint_id, state, now),
+    )
+    if cursor.rowcount == 0:
+        return False
+    conn.execute(
+        "UPDATE instances SET checkpoint_id = ? WHERE instance_id = ?", (checkpoint_id, instance_id)
+    )
+    return True
+
+
+def _checkpoint_state(
+    conn: sqlite3.Connection, instance_id: str, checkpoint_id: str
+) -> bytes | None:
+    row = _one(
+        conn,
+        "SELECT state FROM checkpoints WHERE instance_id = ? AND checkpoint_id = ?",
+        instance_id,
+        checkpoint_id,
+    )
+    return None if row is None else row["state"]
+
+
+def _pending_signal(conn: sqlite3.Connection, instance_id: str) -> SignalRow | None:
+    row = _one(conn, f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE instance_id = ?", instance_id)
+    return None if row is None else signal_from_record(row)
+
+
+def _claim_signal_waiters(
+    conn: sqlite3.Connection, now: int, instance_id: str | None, limit: int
+) -> list[InstanceRow]:
+    params = Params(postgres=False)
+    sql = claim_signal_waiters_statement(params, rules.plan_wake(now), instance_id, limit)
+    return [instance_from_record(r) for r in conn.execute(sql, params.values)]
+
+
+class SqlitePersistence(Persistence):
+    """Use ``open()``; the constructor only wraps an already opened connection."""
+
+    def __init__(
+        self,
+        db: _Connection,
+        *,
+        clock: Clock = wall_clock_ms,
+        migrations_dir: Path | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._migrations_dir = migrations_dir
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Clock = wall_clock_ms,
+        migrations_dir: Path | None = None,
+        apply_migrations: bool = True,
+        busy_timeout_ms: int = 10_000,
+    ) -> SqlitePersistence:
+        """Open (creating if needed) the database file at ``path``, then migrate it."""
+        db = _Connection(partial(_connect, str(path), busy_timeout_ms), iter_chunk_size=64)
+        await db
+        store = cls(db, clock=clock, migrations_dir=migrations_dir)
+        try:
+            if apply_migrations:
+                await store.migrate()
+        except BaseException:
+            await db.close()
+            raise
+        log.debug("opened SQLite database %s", path)
+        return store
+
+    async def _write(self, fn: Tx[T]) -> T:
+        return await self._db.run(partial(_write_tx, fn))
+
+    async def _read(self, fn: Tx[T]) -> T:
+        return await self._db.run(fn)
+
+    async def _read_snapshot(self, fn: Tx[T]) -> T:
+        return await self._db.run(partial(_read_tx, fn))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def migrate(self) -> list[str]:
+        migrations = load_migrations("sqlite", self._migrations_dir)
+        return await self._db.run(partial(apply_sqlite, migrations=migrations, clock=self._clock))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    # ------------------------------------------------------------------ instances
+
+    async def create_instance(self, new: NewInstance) -> tuple[InstanceRow, bool]:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> tuple[InstanceRow, bool]:
+            row = _one(
+                conn,
+                "INSERT INTO instances (instance_id, tenant, image_id, image_name, image_version, "
+                "status, max_attempts, input, created_at_ms, updated_at_ms, node_id, priority, "
+                "timeout_ms, env) "
+                "SELECT ?, tenant, image_id, name, version, 'pending', ?, ?, ?, ?, ?, ?, ?, ? "
+                "FROM images WHERE image_id = ? "
+                f"ON CONFLICT (instance_id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
+                new.instance_id,
+                new.max_attempts,
+                new.input,
+                now,
+                now,
+                new.node_id,
+                new.priority,
+                new.timeout_ms,
+                encode_json(new.env),
+                new.image_id,
+            )
+            if row is not None:
+                return instance_from_record(row), True
+            existing = _one(
+                conn,
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?",
+                new.instance_id,
+            )
+            image = _one(conn, "SELECT tenant FROM images WHERE image_id = ?", new.image_id)
+            rules.check_start(
+                new.instance_id,
+                new.image_id,
+                None if image is None else image["tenant"],
+                None if existing is None else existing["tenant"],
+            )
+            assert existing is not None
+            return instance_from_record(existing), False
+
+        return await self._write(tx)
+
+    async def get_instance(self, instance_id: str) -> InstanceRow | None:
+        def tx(conn: sqlite3.Connection) -> InstanceRow | None:
+            row = _one(
+                conn, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", instance_id
+            )
+            return None if row is None else instance_from_record(row)
+
+        return await self._read(tx)
+
+    async def list_instances(self, filter: InstanceFilter) -> Page[InstanceRow]:
+        (page_sql, page_args), (count_sql, count_args) = list_instances_queries(
+            filter, postgres=False
+        )
+
+        def tx(conn: sqlite3.Connection) -> Page[InstanceRow]:
+            total = conn.execute(count_sql, count_args).fetchone()[0]
+            items = tuple(instance_from_record(r) for r in conn.execute(page_sql, page_args))
+            return Page(items, total)
+
+        return await self._read_snapshot(tx)
+
+    async def count_by_status(self, tenant: str | None = None) -> dict[InstanceStatus, int]:
+        where, args = ("WHERE tenant = ?", (tenant,)) if tenant is not None else ("", ())
+
+        def tx(conn: sqlite3.Connection) -> dict[InstanceStatus, int]:
+            counts = dict.fromkeys(InstanceStatus, 0)
+            for status, count in conn.execute(
+                f"SELECT status, COUNT(*) FROM instances {where} GROUP BY status", args
+            ):
+                counts[InstanceStatus(status)] = count
+            return counts
+
+        return await self._read(tx)
+
+    async def transition(
+        self,
+        instance_id: str,
+        expected: Collection[InstanceStatus],
+        new: InstanceStatus,
+        *,
+        reason: TerminationReason | None = None,
+        update: InstanceUpdate = NO_UPDATE,
+        event: NewEvent | None = None,
+    ) -> InstanceRow:
+        allowed = rules.check_expected(expected)
+        now = self._clock()
+        params = Params(postgres=False)
+        sql = transition_statement(
+            params, instance_id, allowed, rules.plan_transition(new, reason, update, now)
+        )
+
+        def tx(conn: sqlite3.Connection) -> InstanceRow:
+            row = conn.execute(sql, params.values).fetchone()
+            if row is None:
+                actual = _one(
+                    conn, "SELECT status FROM instances WHERE instance_id = ?", instance_id
+                )
+                raise rules.transition_refused(
+                    instance_id, None if actual is None else actual["status"], allowed, new
+                )
+            if event is not None:
+                _insert_event(conn, instance_id, event, now)
+            return instance_from_record(row)
+
+        return await self._write(tx)
+
+    # ------------------------------------------------------------------ liveness and metrics
+
+    async def touch_heartbeat(self, instance_id: str) -> None:
+        now = self._clock()
+        await self._write(lambda c: _update_instance(c, instance_id, "heartbeat_at_ms = ?", now))
+
+    async def record_process(self, instance_id: str, pid: int, pid_create_time: float) -> None:
+        now = self._clock()
+        await self._write(
+            lambda c: _update_instance(
+                c,
+                instance_id,
+                "pid = ?, pid_create_time = ?, updated_at_ms = ?",
+                pid,
+                pid_create_time,
+                now,
+            )
+        )
+
+    async def record_exit_metrics(self, instance_id: str, exit: ProcessExit) -> None:
+        now = self._clock()
+        await self._write(
+            lambda c: _update_instance(
+                c,
+                instance_id,
+                "exit_code = ?, exit_signal = ?, peak_rss_bytes = ?, cpu_time_ms = ?, "
+                "stderr_tail = ?, updated_at_ms = ?",
+                exit.exit_code,
+                exit.exit_signal,
+                exit.peak_rss_bytes,
+                exit.cpu_time_ms,
+                exit.stderr_tail,
+                now,
+            )
+        )
+
+    async def find_stale_running(
+        self, heartbeat_before_ms: int, limit: int = 1000
+    ) -> list[InstanceRow]:
+        check_page(limit)
+
+        def tx(conn: sqlite3.Connection) -> list[InstanceRow]:
+            rows = _all(
+                conn,
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE status = 'running' "
+                "AND COALESCE(heartbeat_at_ms, started_at_ms, created_at_ms) < ? "
+                "ORDER BY instance_id LIMIT ?",
+                heartbeat_before_ms,
+                limit,
+            )
+            return [instance_from_record(r) for r in rows]
+
+        return await self._read(tx)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    async def save_checkpoint_if_absent(
+        self, instance_id: str, checkpoint_id: str, state: bytes
+    ) -> CheckpointSaveResult:
+        check_id("checkpoint_id", checkpoint_id)
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> CheckpointSaveResult:
+            _update_instance(conn, instance_id, "heartbeat_at_ms = ?", now)
+            saved = _insert_checkpoint(conn, instance_id, checkpoint_id, state, now)
+            stored = state if saved else _checkpoint_state(conn, instance_id, checkpoint_id)
+            assert stored is not None
+            return CheckpointSaveResult(saved, stored, _pending_signal(conn, instance_id))
+
+        return await self._write(tx)
+
+    async def get_checkpoint(self, instance_id: str, checkpoint_id: str) -> CheckpointRow | None:
+        def tx(conn: sqlite3.Connection) -> CheckpointRow | None:
+            row = _one(
+                conn,
+                "SELECT seq, instance_id, checkpoint_id, state, length(state) AS size_bytes, "
+                "created_at_ms FROM checkpoints WHERE instance_id = ? AND checkpoint_id = ?",
+                instance_id,
+                checkpoint_id,
+            )
+            return None if row is None else checkpoint_from_record(row)
+
+        return await self._read(tx)
+
+    async def list_checkpoints(
+        self, instance_id: str, *, limit: int = 100, offset: int = 0, with_state: bool = False
+    ) -> Page[CheckpointRow]:
+        check_page(limit, offset)
+        state = "state" if with_state else "NULL AS state"
+
+        def tx(conn: sqlite3.Connection) -> Page[CheckpointRow]:
+            total = _one(
+                conn, "SELECT COUNT(*) FROM checkpoints WHERE instance_id = ?", instance_id
+            )
+            rows = _all(
+                conn,
+                f"SELECT seq, instance_id, checkpoint_id, {state}, length(state) AS size_bytes, "
+                "created_at_ms FROM checkpoints WHERE instance_id = ? "
+                "ORDER BY seq LIMIT ? OFFSET ?",
+                instance_id,
+                limit,
+                offset,
+            )
+            assert total is not None
+            return Page(tuple(checkpoint_from_record(r) for r in rows), total[0])
+
+        return await self._read_snapshot(tx)
+
+    async def replay_history(self, instance_id: str, state_budget_bytes: int) -> list[ReplayEntry]:
+        def tx(conn: sqlite3.Connection) -> list[ReplayEntry]:
+            sized = _all(
+                conn,
+                "SELECT checkpoint_id, length(state) FROM checkpoints WHERE instance_id = ? "
+                "ORDER BY seq",
+                instance_id,
+            )
+            fits = rules.replay_prefix((size for _, size in sized), state_budget_bytes)
+            states = [
+                r[0]
+                for r in _all(
+                    conn,
+                    "SELECT state FROM checkpoints WHERE instance_id = ? ORDER BY seq LIMIT ?",
+                    instance_id,
+                    fits,
+                )
+            ]
+            return [
+                ReplayEntry(cid, states[i] if i < fits else None)
+                for i, (cid, _) in enumerate(sized)
+            ]
+
+        return await self._read_snapshot(tx)
+
+    # ------------------------------------------------------------------ events
+
+    async def append_event(self, instance_id: str, event: NewEvent) -> EventRow:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> EventRow:
+            _require_instance(conn, instance_id)
+            return _insert_event(conn, instance_id, event, now)
+
+        return await self._write(tx)
+
+    async def list_events(
+        self, instance_id: str, *, after_id: int = 0, limit: int = 100
+    ) -> list[EventRow]:
+        check_page(limit)
+
+        def tx(conn: sqlite3.Connection) -> list[EventRow]:
+            rows = _all(
+                conn,
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE instance_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                instance_id,
+                after_id,
+                limit,
+            )
+            return [event_from_record(r) for r in rows]
+
+        return await self._read(tx)
+
+    # ------------------------------------------------------------------ instance-wide signals
+
+    async def put_signal(
+        self, instance_id: str, signal_type: SignalType, payload: bytes = b""
+    ) -> SignalRow:
+        incoming = SignalType(signal_type)
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> SignalRow:
+            _require_instance(conn, instance_id)
+            current = _pending_signal(conn, instance_id)
+            if not rules.signal_takes_slot(
+                None if current is None else current.signal_type, incoming
+            ):
+                assert current is not None
+                return current
+            row = _one(
+                conn,
+                "INSERT INTO signals (instance_id, signal_type, payload, created_at_ms) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET "
+                "signal_type = excluded.signal_type, payload = excluded.payload, "
+                f"created_at_ms = excluded.created_at_ms RETURNING {SIGNAL_COLUMNS}",
+                instance_id,
+                incoming,
+                payload,
+                now,
+            )
+            assert row is not None
+            return signal_from_record(row)
+
+        return await self._write(tx)
+
+    async def pending_signal(self, instance_id: str) -> SignalRow | None:
+        return await self._read(lambda c: _pending_signal(c, instance_id))
+
+    async def ack_signal(self, instance_id: str, signal_type: SignalType) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "DELETE FROM signals WHERE instance_id = ? AND signal_type = ?",
+                (instance_id, SignalType(signal_type)),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(tx)
+
+    # ------------------------------------------------------------------ custom signals
+
+    async def enqueue_custom_signal(
+        self, instance_id: str, name: str, payload: bytes
+    ) -> CustomSignalEnqueued:
+        check_id("signal name", name)
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> CustomSignalEnqueued:
+            row = _one(
+                conn,
+                "INSERT INTO custom_signals (instance_id, name, payload, created_at_ms) "
+                "SELECT instance_id, ?, ?, ? FROM instances WHERE instance_id = ? "
+                f"RETURNING {CUSTOM_SIGNAL_COLUMNS}",
+                name,
+                payload,
+                now,
+                instance_id,
+            )
+            if row is None:
+                raise rules.instance_not_found(instance_id)
+            woken = _claim_signal_waiters(conn, now, instance_id, 1)
+            return CustomSignalEnqueued(custom_signal_from_record(row), woken[0] if woken else None)
+
+        return await self._write(tx)
+
+    async def consume_custom_signal(
+        self, instance_id: str, name: str, checkpoint_id: str
+    ) -> CustomSignalConsumed:
+        check_id("checkpoint_id", checkpoint_id)
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> CustomSignalConsumed:
+            _update_instance(conn, instance_id, "heartbeat_at_ms = ?", now)
+            stored = _checkpoint_state(conn, instance_id, checkpoint_id)
+            if stored is not None:
+                return CustomSignalConsumed(found=True, payload=stored, replayed=True)
+            oldest = _one(
+                conn,
+                "SELECT id, payload FROM custom_signals WHERE instance_id = ? AND name = ? "
+                "AND consumed_at_ms IS NULL ORDER BY id LIMIT 1",
+                instance_id,
+                name,
+            )
+            if oldest is None:
+                return CustomSignalConsumed(found=False, payload=None, replayed=False)
+            conn.execute(
+                "UPDATE custom_signals SET consumed_at_ms = ?, consumed_by_checkpoint_id = ? "
+                "WHERE id = ?",
+                (now, checkpoint_id, oldest["id"]),
+            )
+            _insert_checkpoint(conn, instance_id, checkpoint_id, oldest["payload"], now)
+            return CustomSignalConsumed(found=True, payload=oldest["payload"], replayed=False)
+
+        return await self._write(tx)
+
+    async def list_custom_signals(
+        self, instance_id: str, *, include_consumed: bool = False, limit: int = 100
+    ) -> list[CustomSignalRow]:
+        check_page(limit)
+        unconsumed = "" if include_consumed else "AND consumed_at_ms IS NULL "
+
+        def tx(conn: sqlite3.Connection) -> list[CustomSignalRow]:
+            rows = _all(
+                conn,
+                f"SELECT {CUSTOM_SIGNAL_COLUMNS} FROM custom_signals WHERE instance_id = ? "
+                f"{unconsumed}ORDER BY id LIMIT ?",
+                instance_id,
+                limit,
+            )
+            return [custom_signal_from_record(r) for r in rows]
+
+        return await self._read(tx)
+
+    # ------------------------------------------------------------------ wake-ups
+
+    async def claim_due_wakeups(self, now_ms: int, limit: int = 100) -> list[InstanceRow]:
+        check_page(limit)
+        params = Params(postgres=False)
+        sql = claim_due_statement(params, rules.plan_wake(self._clock()), now_ms, limit)
+
+        def tx(conn: sqlite3.Connection) -> list[InstanceRow]:
+            return [instance_from_record(r) for r in conn.execute(sql, params.values)]
+
+        return await self._write(tx)
+
+    async def claim_signal_waiters(
+        self, instance_id: str | None = None, limit: int = 100
+    ) -> list[InstanceRow]:
+        check_page(limit)
+        now = self._clock()
+        return await self._write(lambda c: _claim_signal_waiters(c, now, instance_id, limit))
+
+    async def next_wake_at(self) -> int | None:
+        def tx(conn: sqlite3.Connection) -> int | None:
+            row = _one(
+                conn,
+                "SELECT MIN(wake_at_ms) FROM instances WHERE status = 'suspended' "
+                "AND wake_at_ms IS NOT NULL AND termination_reason IN ('sleeping', 'waiting')",
+            )
+            return None if row is None else row[0]
+
+        return await self._read(tx)
+
+    # ------------------------------------------------------------------ images
+
+    async def create_image(self, new: NewImage) -> ImageRow:
+        now = self._clock()
+
+        def tx(conn: sqlite3.Connection) -> ImageRow:
+            try:
+                row = _one(
+                    conn,
+                    "INSERT INTO images (image_id, tenant, name, version, description, "
+                    "entrypoint, input_schema, metadata, sha256, size_bytes, created_at_ms) "
+                    "SELECT ?, ?, ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?, ?, ? "
+                    f"FROM images WHERE tenant = ? AND name = ? RETURNING {IMAGE_COLUMNS}",
+                    new.image_id,
+                    new.tenant,
+                    new.name,
+                    new.description,
+                    new.entrypoint,
+                    encode_json(new.input_schema),
+                    encode_json(new.metadata),
+                    new.sha256,
+                    new.size_bytes,
+                    now,
+                    new.tenant,
+                    new.name,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"image id {new.image_id!r} is already in use") from exc
+            assert row is not None
+            return image_from_record(row)
+
+        return await self._write(tx)
+
+    async def get_image(self, image_id: str, tenant: str | None = None) -> ImageRow | None:
+        def tx(conn: sqlite3.Connection) -> ImageRow | None:
+            row = _one(conn, f"SELECT {IMAGE_COLUMNS} FROM images WHERE image_id = ?", image_id)
+            if row is None or (tenant is not None and row["tenant"] != tenant):
+                return None
+            return image_from_record(row)
+
+        return await self._read(tx)
+
+    async def latest_image(self, tenant: str, name: str) -> ImageRow | None:
+        def tx(conn: sqlite3.Connection) -> ImageRow | None:
+            row = _one(
+                conn,
+                f"SELECT {IMAGE_COLUMNS} FROM images WHERE tenant = ? AND name = ? "
+                "ORDER BY version DESC LIMIT 1",
+                tenant,
+                name,
+            )
+            return None if row is None else image_from_record(row)
+
+        return await self._read(tx)
+
+    async def list_images(
+        self, tenant: str | None = None, *, name: str | None = None
+    ) -> list[ImageRow]:
+        conditions = [c for c, v in (("tenant = ?", tenant), ("name = ?", name)) if v is not None]
+        args = [v for v in (tenant, name) if v is not None]
+        where = " AND ".join(conditions) or "TRUE"
+
+        def tx(conn: sqlite3.Connection) -> list[ImageRow]:
+            rows = _all(
+                conn,
+                f"SELECT {IMAGE_COLUMNS} FROM images WHERE {where} ORDER BY tenant, name, version",
+                *args,
+            )
+            return [image_from_record(r) for r in rows]
+
+        return await self._read(tx)
+
+    async def delete_image(self, image_id: str, tenant: str | None = None) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            image = _one(conn, "SELECT tenant FROM images WHERE image_id = ?", image_id)
+            rules.check_image_deletable(
+                image_id,
+                None if image is None else image["tenant"],
+                tenant,
+                _count_active(conn, image_id),
+            )
+            conn.execute("DELETE FROM images WHERE image_id = ?", (image_id,))
+
+        await self._write(tx)
+
+    async def count_active_instances_for_image(self, image_id: str) -> int:
+        return await self._read(lambda c: _count_active(c, image_id))
+
+
+def _count_active(conn: sqlite3.Connection, image_id: str) -> int:
+    params = Params(postgres=False)
+    return int(conn.execute(count_active_statement(params, image_id), params.values).fetchone()[0])
+
+
+def _insert_event(
+    conn: sqlite3.Connection, instance_id: str, event: NewEvent, now: int
+) -> EventRow:
+    row = _one(
+        conn,
+        "INSERT INTO events (instance_id, type, subtype, payload, created_at_ms) "
+        f"VALUES (?, ?, ?, ?, ?) RETURNING {EVENT_COLUMNS}",
+        instance_id,
+        event.type,
+        event.subtype,
+        event.payload,
+        now,
+    )
+    assert row is not None
+    return event_from_record(row)

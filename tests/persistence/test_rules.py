@@ -1,0 +1,141 @@
+"""The pure decisions both backends share, and the SQL they build at run time."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runtara_core.errors import BadRequest, Conflict, InvalidState, NotFound
+from runtara_core.persistence import (
+    UNSET,
+    InstanceFilter,
+    InstanceStatus,
+    InstanceUpdate,
+    SignalType,
+    TerminationReason,
+    rules,
+)
+from runtara_core.persistence.sqlbuild import Params, instance_filter_clause
+
+signals = st.sampled_from(SignalType)
+
+
+@given(st.lists(signals, min_size=1, max_size=20))
+def test_a_cancel_once_offered_is_never_displaced(offers: list[SignalType]) -> None:
+    pending: SignalType | None = None
+    for incoming in offers:
+        if rules.signal_takes_slot(pending, incoming):
+            pending = incoming
+    if SignalType.CANCEL in offers:
+        assert pending is SignalType.CANCEL
+    else:
+        assert pending is offers[-1]
+
+
+def test_repeated_signal_does_not_take_the_slot() -> None:
+    for kind in SignalType:
+        assert not rules.signal_takes_slot(kind, kind)
+    assert rules.signal_takes_slot(None, SignalType.RESUME)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=100), max_size=30), st.integers(0, 1000))
+def test_replay_prefix_is_the_longest_prefix_within_budget(sizes: list[int], budget: int) -> None:
+    count = rules.replay_prefix(sizes, budget)
+
+    assert sum(sizes[:count]) <= budget
+    assert count == len(sizes) or sum(sizes[: count + 1]) > budget
+
+
+def test_plan_transition_defaults() -> None:
+    terminal = rules.plan_transition(
+        InstanceStatus.FAILED, TerminationReason.CRASHED, InstanceUpdate(error="boom"), 42
+    )
+    assert terminal == {
+        "status": InstanceStatus.FAILED,
+        "termination_reason": TerminationReason.CRASHED,
+        "updated_at_ms": 42,
+        "wake_at_ms": None,
+        "waiting_signal_name": None,
+        "finished_at_ms": 42,
+        "error": "boom",
+    }
+    suspended = rules.plan_transition(
+        InstanceStatus.SUSPENDED, TerminationReason.SLEEPING, InstanceUpdate(wake_at_ms=99), 42
+    )
+    assert suspended == {
+        "status": InstanceStatus.SUSPENDED,
+        "termination_reason": TerminationReason.SLEEPING,
+        "updated_at_ms": 42,
+        "wake_at_ms": 99,
+    }
+    explicit = rules.plan_transition(
+        InstanceStatus.COMPLETED, None, InstanceUpdate(finished_at_ms=7), 42
+    )
+    assert explicit["finished_at_ms"] == 7
+
+
+def test_instance_update_sets_only_what_was_given() -> None:
+    assert InstanceUpdate().assignments() == {}
+    assert InstanceUpdate(output=None, attempt=2, error=UNSET).assignments() == {
+        "attempt": 2,
+        "output": None,
+    }
+
+
+def test_transition_refusals() -> None:
+    assert isinstance(
+        rules.transition_refused("i", None, [InstanceStatus.RUNNING], InstanceStatus.COMPLETED),
+        NotFound,
+    )
+    refused = rules.transition_refused(
+        "i",
+        "completed",
+        [InstanceStatus.SUSPENDED, InstanceStatus.RUNNING],
+        InstanceStatus.CANCELLED,
+    )
+    assert isinstance(refused, InvalidState)
+    assert refused.message == (
+        "instance 'i' is completed, expected running or suspended to move it to cancelled"
+    )
+    with pytest.raises(BadRequest):
+        rules.check_expected([])
+
+
+def test_check_start() -> None:
+    rules.check_start("i", "img", "acme", None)
+    rules.check_start("i", "img", "acme", "acme")
+    with pytest.raises(NotFound):
+        rules.check_start("i", "img", None, None)
+    with pytest.raises(Conflict):
+        rules.check_start("i", "img", "acme", "globex")
+
+
+def test_params_placeholders_per_dialect() -> None:
+    sqlite, postgres = Params(postgres=False), Params(postgres=True)
+
+    assert [sqlite(1), sqlite.any_of("status", ["a", "b"])] == ["?", "status IN (?, ?)"]
+    assert [postgres(1), postgres.any_of("status", ["a", "b"])] == ["$1", "status = ANY($2)"]
+    assert sqlite.values == [1, "a", "b"] and postgres.values == [1, ["a", "b"]]
+    assert (
+        sqlite.skip_locked() == "" and postgres.skip_locked("w") == " FOR UPDATE OF w SKIP LOCKED"
+    )
+
+
+def test_instance_filter_clause() -> None:
+    params = Params(postgres=True)
+    clause = instance_filter_clause(
+        InstanceFilter(
+            tenant="acme",
+            statuses=frozenset({InstanceStatus.RUNNING, InstanceStatus.PENDING}),
+            created_from_ms=1,
+            finished_to_ms=9,
+        ),
+        params,
+    )
+
+    assert clause == (
+        "tenant = $1 AND status = ANY($2) AND created_at_ms >= $3 AND finished_at_ms < $4"
+    )
+    assert params.values == ["acme", [InstanceStatus.PENDING, InstanceStatus.RUNNING], 1, 9]
+    assert instance_filter_clause(InstanceFilter(), Params(postgres=False)) == "TRUE"

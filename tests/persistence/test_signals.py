@@ -1,0 +1,303 @@
+"""Instance-wide signals (one slot, cancel first) and custom signals (exactly-once FIFO queues)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from runtara_core.errors import BadRequest, NotFound
+from runtara_core.persistence import (
+    InstanceStatus,
+    InstanceUpdate,
+    Persistence,
+    SignalType,
+    TerminationReason,
+)
+from tests.conftest import FakeClock
+from tests.persistence.conftest import MakeInstance
+
+RUNNING = InstanceStatus.RUNNING
+SUSPENDED = InstanceStatus.SUSPENDED
+CANCEL, PAUSE, RESUME = SignalType.CANCEL, SignalType.PAUSE, SignalType.RESUME
+
+
+# --------------------------------------------------------------------------- instance-wide
+
+
+async def test_put_pending_and_ack(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    row = await make_instance(status=RUNNING)
+    assert await persistence.pending_signal(row.instance_id) is None
+
+    put = await persistence.put_signal(row.instance_id, PAUSE, b"why")
+
+    assert (put.signal_type, put.payload, put.created_at_ms) == (PAUSE, b"why", clock())
+    assert await persistence.pending_signal(row.instance_id) == put
+    assert not await persistence.ack_signal(row.instance_id, CANCEL)
+    assert await persistence.pending_signal(row.instance_id) == put
+    assert await persistence.ack_signal(row.instance_id, PAUSE)
+    assert await persistence.pending_signal(row.instance_id) is None
+    assert not await persistence.ack_signal(row.instance_id, PAUSE)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "pending"),
+    [
+        (PAUSE, CANCEL, CANCEL),
+        (RESUME, CANCEL, CANCEL),
+        (CANCEL, PAUSE, CANCEL),
+        (CANCEL, RESUME, CANCEL),
+        (PAUSE, RESUME, RESUME),
+        (RESUME, PAUSE, PAUSE),
+    ],
+)
+async def test_signal_precedence(
+    persistence: Persistence,
+    make_instance: MakeInstance,
+    first: SignalType,
+    second: SignalType,
+    pending: SignalType,
+) -> None:
+    row = await make_instance(status=RUNNING)
+    await persistence.put_signal(row.instance_id, first, first.value.encode())
+
+    returned = await persistence.put_signal(row.instance_id, second, second.value.encode())
+
+    assert returned.signal_type is pending and returned.payload == pending.value.encode()
+    assert await persistence.pending_signal(row.instance_id) == returned
+
+
+async def test_repeating_a_signal_keeps_the_first_request(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    row = await make_instance(status=RUNNING)
+    first = await persistence.put_signal(row.instance_id, CANCEL, b"first reason")
+    clock.advance(1000)
+
+    again = await persistence.put_signal(row.instance_id, CANCEL, b"second reason")
+
+    assert again == first
+
+
+async def test_concurrent_signals_end_with_cancel(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    kinds = [PAUSE, RESUME, CANCEL, PAUSE, RESUME] * 4
+
+    await asyncio.gather(*(persistence.put_signal(row.instance_id, k) for k in kinds))
+
+    pending = await persistence.pending_signal(row.instance_id)
+    assert pending is not None and pending.signal_type is CANCEL
+
+
+async def test_signal_to_unknown_instance_is_not_found(persistence: Persistence) -> None:
+    with pytest.raises(NotFound):
+        await persistence.put_signal("missing", CANCEL)
+    assert await persistence.pending_signal("missing") is None
+    assert not await persistence.ack_signal("missing", CANCEL)
+
+
+# --------------------------------------------------------------------------- custom signals
+
+
+async def test_custom_signals_are_consumed_in_fifo_order(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    for n in range(3):
+        await persistence.enqueue_custom_signal(row.instance_id, "approval", f"a{n}".encode())
+    await persistence.enqueue_custom_signal(row.instance_id, "other", b"o")
+
+    taken = [
+        await persistence.consume_custom_signal(row.instance_id, "approval", f"wait-{n}")
+        for n in range(4)
+    ]
+
+    assert [(t.found, t.payload, t.replayed) for t in taken] == [
+        (True, b"a0", False),
+        (True, b"a1", False),
+        (True, b"a2", False),
+        (False, None, False),
+    ]
+    left = await persistence.list_custom_signals(row.instance_id)
+    assert [(s.name, s.payload) for s in left] == [("other", b"o")]
+    history = await persistence.list_custom_signals(row.instance_id, include_consumed=True)
+    assert [(s.payload, s.consumed_by_checkpoint_id) for s in history] == [
+        (b"a0", "wait-0"),
+        (b"a1", "wait-1"),
+        (b"a2", "wait-2"),
+        (b"o", None),
+    ]
+
+
+async def test_consume_saves_the_payload_as_the_checkpoint(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    row = await make_instance(status=RUNNING)
+    await persistence.enqueue_custom_signal(row.instance_id, "approval", b"yes")
+    clock.advance(300)
+
+    await persistence.consume_custom_signal(row.instance_id, "approval", "wait-approval")
+
+    checkpoint = await persistence.get_checkpoint(row.instance_id, "wait-approval")
+    assert checkpoint is not None and checkpoint.state == b"yes"
+    after = await persistence.get_instance(row.instance_id)
+    assert after is not None
+    assert (after.checkpoint_id, after.heartbeat_at_ms) == ("wait-approval", clock())
+    consumed = await persistence.list_custom_signals(row.instance_id, include_consumed=True)
+    assert consumed[0].consumed_at_ms == clock()
+
+
+async def test_consume_replay_returns_the_checkpoint_and_consumes_nothing(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    await persistence.enqueue_custom_signal(row.instance_id, "approval", b"first")
+    await persistence.enqueue_custom_signal(row.instance_id, "approval", b"second")
+    first = await persistence.consume_custom_signal(row.instance_id, "approval", "wait-1")
+
+    replay = await persistence.consume_custom_signal(row.instance_id, "approval", "wait-1")
+
+    assert (first.payload, first.replayed) == (b"first", False)
+    assert (replay.found, replay.payload, replay.replayed) == (True, b"first", True)
+    queued = await persistence.list_custom_signals(row.instance_id)
+    assert [s.payload for s in queued] == [b"second"]
+
+
+async def test_consume_with_nothing_queued_changes_nothing(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+
+    result = await persistence.consume_custom_signal(row.instance_id, "approval", "wait-1")
+
+    assert (result.found, result.payload, result.replayed) == (False, None, False)
+    assert await persistence.get_checkpoint(row.instance_id, "wait-1") is None
+
+
+async def test_concurrent_consumers_take_each_signal_exactly_once(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    for n in range(50):
+        await persistence.enqueue_custom_signal(row.instance_id, "job", n.to_bytes(2, "big"))
+
+    async def consumer(worker: int) -> list[int]:
+        got: list[int] = []
+        for step in range(60):  # bounded: more steps than signals
+            result = await persistence.consume_custom_signal(
+                row.instance_id, "job", f"worker-{worker}-step-{step}"
+            )
+            if not result.found:
+                return got
+            assert not result.replayed and result.payload is not None
+            got.append(int.from_bytes(result.payload, "big"))
+        raise AssertionError("consumer did not drain the queue")
+
+    per_worker = await asyncio.gather(*(consumer(w) for w in range(10)))
+
+    everything = sorted(n for got in per_worker for n in got)
+    assert everything == list(range(50))
+    assert all(got == sorted(got) for got in per_worker)
+    assert await persistence.list_custom_signals(row.instance_id) == []
+    history = await persistence.list_checkpoints(row.instance_id, limit=100)
+    assert history.total == 50
+
+
+async def test_concurrent_consumers_of_one_checkpoint_take_one_signal(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    for n in range(5):
+        await persistence.enqueue_custom_signal(row.instance_id, "approval", bytes([n]))
+
+    results = await asyncio.gather(
+        *(persistence.consume_custom_signal(row.instance_id, "approval", "wait") for _ in range(10))
+    )
+
+    assert sum(not r.replayed for r in results) == 1
+    assert {r.payload for r in results} == {bytes([0])}
+    assert len(await persistence.list_custom_signals(row.instance_id)) == 4
+
+
+async def test_custom_signal_errors(persistence: Persistence, make_instance: MakeInstance) -> None:
+    row = await make_instance(status=RUNNING)
+    with pytest.raises(NotFound):
+        await persistence.enqueue_custom_signal("missing", "approval", b"")
+    with pytest.raises(NotFound):
+        await persistence.consume_custom_signal("missing", "approval", "wait")
+    with pytest.raises(BadRequest):
+        await persistence.enqueue_custom_signal(row.instance_id, "", b"")
+    with pytest.raises(BadRequest):
+        await persistence.consume_custom_signal(row.instance_id, "approval", "")
+    assert await persistence.list_custom_signals("missing", include_consumed=True) == []
+
+
+# --------------------------------------------------------------------------- waking waiters
+
+
+async def _hibernate_waiting(
+    persistence: Persistence, instance_id: str, name: str, wake_at_ms: int | None = None
+) -> None:
+    await persistence.transition(
+        instance_id,
+        [RUNNING],
+        SUSPENDED,
+        reason=TerminationReason.WAITING,
+        update=InstanceUpdate(waiting_signal_name=name, wake_at_ms=wake_at_ms),
+    )
+
+
+async def test_enqueue_wakes_the_instance_waiting_on_that_name(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    row = await make_instance(status=RUNNING)
+    await _hibernate_waiting(persistence, row.instance_id, "approval", clock() + 86_400_000)
+
+    unrelated = await persistence.enqueue_custom_signal(row.instance_id, "other", b"")
+    matching = await persistence.enqueue_custom_signal(row.instance_id, "approval", b"ok")
+    again = await persistence.enqueue_custom_signal(row.instance_id, "approval", b"ok2")
+
+    assert unrelated.woken is None and again.woken is None
+    assert matching.woken is not None
+    assert matching.woken.status is InstanceStatus.PENDING
+    assert matching.woken.termination_reason is None
+    assert matching.woken.wake_at_ms is None and matching.woken.waiting_signal_name is None
+    assert matching.signal.payload == b"ok" and matching.signal.consumed_at_ms is None
+
+
+async def test_enqueue_does_not_wake_a_paused_or_sleeping_instance(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    paused = await make_instance(status=SUSPENDED, reason=TerminationReason.PAUSED)
+    running = await make_instance(status=RUNNING)
+
+    assert (await persistence.enqueue_custom_signal(paused.instance_id, "x", b"")).woken is None
+    assert (await persistence.enqueue_custom_signal(running.instance_id, "x", b"")).woken is None
+    after = await persistence.get_instance(paused.instance_id)
+    assert after is not None and after.status is SUSPENDED
+
+
+async def test_sweep_wakes_waiters_whose_signal_arrived_before_they_hibernated(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    early = await make_instance(status=RUNNING)
+    late = await make_instance(status=RUNNING)
+    nothing = await make_instance(status=RUNNING)
+    # The signals arrive while the instances still run; then they hibernate on that name.
+    await persistence.enqueue_custom_signal(early.instance_id, "approval", b"1")
+    await persistence.enqueue_custom_signal(late.instance_id, "approval", b"2")
+    for row in (early, late, nothing):
+        await _hibernate_waiting(persistence, row.instance_id, "approval")
+
+    targeted = await persistence.claim_signal_waiters(early.instance_id)
+    swept = await persistence.claim_signal_waiters()
+
+    assert [r.instance_id for r in targeted] == [early.instance_id]
+    assert [r.instance_id for r in swept] == [late.instance_id]
+    assert await persistence.claim_signal_waiters() == []
+    still = await persistence.get_instance(nothing.instance_id)
+    assert still is not None and still.status is SUSPENDED

@@ -1,0 +1,103 @@
+"""The wake scheduler's queries: atomic claims of due hibernating instances, and the next wake."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from runtara_core.errors import BadRequest
+from runtara_core.persistence import (
+    InstanceStatus,
+    InstanceUpdate,
+    Persistence,
+    TerminationReason,
+)
+from tests.conftest import FakeClock
+from tests.persistence.conftest import MakeInstance
+
+SUSPENDED = InstanceStatus.SUSPENDED
+
+
+async def _sleeping(make_instance: MakeInstance, wake_at_ms: int, **kwargs: object) -> str:
+    row = await make_instance(
+        status=SUSPENDED,
+        reason=kwargs.pop("reason", TerminationReason.SLEEPING),
+        update=InstanceUpdate(wake_at_ms=wake_at_ms),
+        **kwargs,
+    )
+    return row.instance_id
+
+
+async def test_claim_moves_due_sleepers_to_pending(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    now = clock()
+    due = await _sleeping(make_instance, now - 1)
+    exactly_due = await _sleeping(make_instance, now)
+    waiting_timeout = await _sleeping(make_instance, now - 5, reason=TerminationReason.WAITING)
+    later = await _sleeping(make_instance, now + 1)
+    paused = await make_instance(status=SUSPENDED, reason=TerminationReason.PAUSED)
+
+    claimed = await persistence.claim_due_wakeups(now)
+
+    assert {r.instance_id for r in claimed} == {due, exactly_due, waiting_timeout}
+    for row in claimed:
+        assert row.status is InstanceStatus.PENDING
+        assert row.termination_reason is None and row.wake_at_ms is None
+    assert await persistence.claim_due_wakeups(now) == []
+    for instance_id in (later, paused.instance_id):
+        untouched = await persistence.get_instance(instance_id)
+        assert untouched is not None and untouched.status is SUSPENDED
+
+
+async def test_claim_respects_the_limit_oldest_first(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    now = clock()
+    ids = [await _sleeping(make_instance, now - 100 + n) for n in range(5)]
+
+    first = await persistence.claim_due_wakeups(now, limit=2)
+    rest = await persistence.claim_due_wakeups(now, limit=10)
+
+    assert {r.instance_id for r in first} == set(ids[:2])
+    assert {r.instance_id for r in rest} == set(ids[2:])
+    with pytest.raises(BadRequest):
+        await persistence.claim_due_wakeups(now, limit=0)
+
+
+async def test_concurrent_claimers_never_share_an_instance(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    now = clock()
+    ids = {await _sleeping(make_instance, now - n) for n in range(30)}
+
+    async def claimer() -> list[str]:
+        got: list[str] = []
+        for _ in range(30):  # bounded: enough rounds to drain alone
+            batch = await persistence.claim_due_wakeups(now, limit=4)
+            if not batch:
+                return got
+            got.extend(r.instance_id for r in batch)
+        return got
+
+    results = await asyncio.gather(*(claimer() for _ in range(6)))
+
+    claimed = [instance_id for got in results for instance_id in got]
+    assert len(claimed) == len(set(claimed)) == 30
+    assert set(claimed) == ids
+
+
+async def test_next_wake_at(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    assert await persistence.next_wake_at() is None
+    await make_instance(status=SUSPENDED, reason=TerminationReason.PAUSED)
+    assert await persistence.next_wake_at() is None
+
+    await _sleeping(make_instance, clock() + 5_000)
+    soonest = await _sleeping(make_instance, clock() + 2_000, reason=TerminationReason.WAITING)
+    assert await persistence.next_wake_at() == clock() + 2_000
+
+    await persistence.transition(soonest, [SUSPENDED], InstanceStatus.CANCELLED)
+    assert await persistence.next_wake_at() == clock() + 5_000
