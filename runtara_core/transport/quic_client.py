@@ -68,6 +68,9 @@ def describe_termination(event: events.ConnectionTerminated) -> str:
         alert = code - QuicErrorCode.CRYPTO_ERROR
         hint = ALERT_HINTS.get(alert)
         return f"TLS handshake refused (alert {alert}): {reason}" + (f": {hint}" if hint else "")
+    if code == QuicErrorCode.APPLICATION_ERROR and not event.reason_phrase:
+        # An application close before the handshake is confirmed travels without its reason.
+        return "connection closed by the server early in the handshake (is it shutting down?)"
     return f"connection closed (QUIC error 0x{code:x}): {reason}"
 
 
@@ -109,6 +112,7 @@ class _ClientProtocol(RpcConnectionProtocol):
         self._on_terminated = on_terminated
         self._pending: dict[int, tuple[SingleFrameReader, asyncio.Future[Any]]] = {}
         self._pushes: dict[int, SingleFrameReader] = {}
+        self._credit = asyncio.Event()
 
     @property
     def alive(self) -> bool:
@@ -185,20 +189,44 @@ class _ClientProtocol(RpcConnectionProtocol):
                 future.set_exception(ConnectionLost(f"connection lost mid-request: {reason}"))
         self._pending.clear()
         self._pushes.clear()
+        self._credit.set()  # wake requests waiting for stream credit: they fail now
         if self._transport is not None:
             self._transport.close()  # aioquic never closes it (pitfall 1)
         self.stop_timer()
         self._on_terminated(self)
 
+    def _has_stream_credit(self) -> bool:
+        """Whether the server allows one more stream now (aioquic 1.x private state).
+
+        aioquic queues a stream opened beyond the server's limit and still sends frames for it
+        if it is reset, which the server rightly treats as a protocol violation; so a request
+        opens its stream only when the server has granted credit for it.
+        """
+        quic = self._quic
+        return quic._local_next_stream_id_bidi // 4 < quic._remote_max_streams_bidi
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        super().datagram_received(data, addr)
+        if self._has_stream_credit():
+            self._credit.set()  # a MAX_STREAMS update may have arrived
+
+    async def _await_stream_credit(self) -> None:
+        while not self._has_stream_credit():
+            if self.termination is not None:
+                raise ConnectionLost(self.termination)
+            self._credit.clear()
+            await self._credit.wait()
+
     async def send(self, frame: bytes) -> Any:
         """Send one request frame on a new stream and await the decoded response."""
+        await self._await_stream_credit()
         if self.termination is not None:
             raise ConnectionLost(self.termination)
         stream_id = self._quic.get_next_available_stream_id()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[stream_id] = (SingleFrameReader(self._max_frame), future)
         self._quic.send_stream_data(stream_id, frame, end_stream=True)
-        self.transmit()
+        self.send_soon()
         try:
             return await future
         finally:
@@ -215,7 +243,11 @@ class _ClientProtocol(RpcConnectionProtocol):
 
 
 class RpcClient:
-    """A client of one Runtara QUIC service (one ALPN, one server address)."""
+    """A client of one Runtara QUIC service (one ALPN, one server address).
+
+    Invariant: ``_ready`` is set exactly when the client is closed or holds a live connection
+    whose ``on_connected`` hook has completed; callers wait on it and re-check.
+    """
 
     def __init__(
         self,
@@ -238,8 +270,10 @@ class RpcClient:
         self._protocol: _ClientProtocol | None = None
         self._ready = asyncio.Event()
         self._slots = asyncio.Semaphore(options.max_in_flight)
+        self._started = False
         self._reconnector: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[bool] | None = None
         self._closed = False
         self.last_error: str | None = None
         self.connections_made = 0
@@ -247,9 +281,22 @@ class RpcClient:
     # -- connection management -------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect once, now; raises ``HandshakeError`` or ``TransportError`` with the reason."""
-        async with asyncio.timeout(self.options.connect_timeout_s):
-            await self._establish()
+        """Connect now; raises ``HandshakeError`` or ``TransportError`` with the reason.
+
+        Only after a first successful connect does the client reconnect on its own.
+        """
+        if self._started:
+            return
+        try:
+            async with asyncio.timeout(self.options.connect_timeout_s):
+                await self._establish()
+        except TimeoutError:
+            detail = f"; last error: {self.last_error}" if self.last_error else ""
+            raise TransportError(
+                f"no answer from {self.host}:{self.port} within "
+                f"{self.options.connect_timeout_s:g}s (is the server running?){detail}"
+            ) from None
+        self._started = True
         self._keepalive = asyncio.create_task(self._keep_alive())
 
     async def _establish(self) -> None:
@@ -279,13 +326,18 @@ class RpcClient:
         try:
             protocol.connect(transport.get_extra_info("peername"))
             await protocol.handshake
+            if self._closed:
+                raise TransportError("client is closed")
             self._protocol = protocol
             self.connections_made += 1
             if self._on_connected is not None:
                 await self._on_connected(self)
-        except BaseException:
+            if not protocol.alive or self._protocol is not protocol:
+                raise ConnectionLost(f"connection lost while setting up: {protocol.termination}")
+        except BaseException as exc:
             if self._protocol is protocol:
                 self._protocol = None
+            self.last_error = str(exc) or type(exc).__name__
             protocol.shutdown("connect failed")
             transport.close()
             raise
@@ -295,10 +347,14 @@ class RpcClient:
         if protocol is not self._protocol:
             return
         self._protocol = None
-        self._ready.clear()
         self.last_error = protocol.termination
-        if not self._closed:
-            log.warning("lost connection to %s:%d: %s; reconnecting", self.host, self.port, protocol.termination)
+        if self._closed:
+            return
+        self._ready.clear()
+        if self._started:
+            log.warning(
+                "lost connection to %s:%d: %s; reconnecting", self.host, self.port, protocol.termination
+            )
             self._start_reconnecting()
 
     def _start_reconnecting(self) -> None:
@@ -338,15 +394,20 @@ class RpcClient:
             protocol.shutdown("server did not answer a ping")
             return False
 
+    def _probe_soon(self) -> None:
+        """One background probe at a time, however many requests time out."""
+        if self.connected and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.create_task(self.probe())
+
     async def close(self) -> None:
         self._closed = True
-        for task in (self._keepalive, self._reconnector):
+        for task in (self._keepalive, self._reconnector, self._probe):
             if task is not None:
                 task.cancel()
         if self._protocol is not None:
             self._protocol.shutdown("client closed")
             self._protocol = None
-        self._ready.clear()
+        self._ready.set()  # wake waiting calls: they see the client is closed
 
     async def __aenter__(self) -> RpcClient:
         await self.connect()
@@ -368,24 +429,38 @@ class RpcClient:
         """
         body = request.to_wire() if isinstance(request, Request) else request
         frame = encode_frame(body, self.options.max_frame_bytes)
+        try:
+            return await self._exchange(frame, timeout_s)
+        except RequestTimeout as timeout:
+            raise RequestTimeout(f"no response to {body.get('op', '?')!r}: {timeout.args[0]}") from None
+
+    async def send_raw(self, data: bytes, timeout_s: float | None = None) -> dict[str, Any]:
+        """Send arbitrary bytes as a request stream (for protocol tests and fuzzing)."""
+        return await self._exchange(data, timeout_s)
+
+    async def _exchange(self, frame: bytes, timeout_s: float | None) -> dict[str, Any]:
         timeout = timeout_s if timeout_s is not None else self.options.request_timeout_s
         try:
             async with asyncio.timeout(timeout):
-                return await self._send_when_ready(frame)
+                async with self._slots:
+                    protocol = await self._live_protocol()
+                    return parse_response(await protocol.send(frame))
         except TimeoutError:
-            op = body.get("op", "?")
-            reason = f"; last connection error: {self.last_error}" if not self.connected and self.last_error else ""
-            if self.connected:
-                asyncio.create_task(self.probe())  # a silent server would otherwise hold us forever
-            raise RequestTimeout(f"no response to {op!r} from {self.host}:{self.port} within {timeout:g}s{reason}") from None
+            reason = "" if self.connected else f"; not connected: {self.last_error}"
+            self._probe_soon()  # a silent server would otherwise hold every call until timeout
+            raise RequestTimeout(
+                f"nothing from {self.host}:{self.port} within {timeout:g}s{reason}"
+            ) from None
 
-    async def _send_when_ready(self, frame: bytes) -> dict[str, Any]:
-        if self._closed:
-            raise TransportError("client is closed")
-        async with self._slots:
+    async def _live_protocol(self) -> _ClientProtocol:
+        while True:
             await self._ready.wait()
-            assert self._protocol is not None
-            return parse_response(await self._protocol.send(frame))
+            if self._closed:
+                raise TransportError("client is closed")
+            protocol = self._protocol
+            if protocol is not None and protocol.alive:
+                return protocol
+            self._ready.clear()  # stale: the termination callback has not run yet
 
     async def request(self, request: Request, response_type: type[M], timeout_s: float | None = None) -> M:
         """``call`` with the response validated into ``response_type``."""
@@ -393,15 +468,11 @@ class RpcClient:
         fields.pop("ok", None)
         return validate_message(response_type, fields, f"response to {request.op}")
 
-    async def send_raw(self, data: bytes, timeout_s: float | None = None) -> dict[str, Any]:
-        """Send arbitrary bytes as a request stream (for protocol tests and fuzzing)."""
-        async with asyncio.timeout(timeout_s or self.options.request_timeout_s):
-            return await self._send_when_ready(data)
-
     async def call_on_connection(self, request: Request) -> dict[str, Any]:
-        """Send on the current connection without waiting for readiness (for ``on_connected``)."""
-        if self._protocol is None:
+        """Send on the connection being set up, without waiting for readiness (for ``on_connected``)."""
+        protocol = self._protocol
+        if protocol is None or not protocol.alive:
             raise ConnectionLost("not connected")
         frame = encode_frame(request.to_wire(), self.options.max_frame_bytes)
         async with asyncio.timeout(self.options.request_timeout_s):
-            return parse_response(await self._protocol.send(frame))
+            return parse_response(await protocol.send(frame))

@@ -12,10 +12,10 @@ from runtara_core.transport.tls import ClientTls, ServerTls
 
 log = logging.getLogger(__name__)
 
-# aioquic acknowledges after 1 ms, which is usually just before the response leaves, so the ACK
-# travels in a datagram of its own. A longer delay lets it ride on the next packet instead
-# (aioquic-notes: 3.0 -> 2.0 datagrams per RPC at 20 ms). It stays under the 25 ms max_ack_delay
-# both ends advertise, so loss detection is unaffected.
+# aioquic acknowledges 1 ms after a packet arrives, usually just before our answer leaves, so the
+# ACK costs a datagram of its own. With a longer delay, the ACK is still pending when we next send
+# data and rides along (RpcConnectionProtocol.send_soon); idle ACKs are batched. 20 ms stays under
+# the 25 ms max_ack_delay both ends advertise, so loss detection is unaffected.
 ACK_DELAY_S = 0.02
 
 

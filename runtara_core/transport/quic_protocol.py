@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from aioquic import tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 
 
@@ -12,6 +15,26 @@ class RpcConnectionProtocol(QuicConnectionProtocol):
     after we closed the UDP transport, which then fails inside asyncio. Once the transport is
     closing there is nothing left to send, so transmitting stops and the timer is dropped.
     """
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        # aioquic transmits right after every datagram, before our handlers have answered: a
+        # packet-building pass that usually sends nothing. Deferring to the end of the loop
+        # iteration makes it one pass, and lets answers finished in the same turn share packets.
+        self._quic.receive_datagram(bytes(data), addr, now=self._loop.time())
+        self._process_events()
+        self._transmit_soon()
+
+    def send_soon(self) -> None:
+        """Transmit queued stream data at the end of this loop iteration, carrying any ACK we owe.
+
+        aioquic writes an ACK only once its delay has expired; making it due now lets the ACK of
+        a request ride on its response (and the ACK of a response on the next request) instead
+        of costing a datagram of its own.
+        """
+        space = self._quic._spaces.get(tls.Epoch.ONE_RTT)
+        if space is not None and space.ack_at is not None:
+            space.ack_at = self._loop.time()
+        self._transmit_soon()
 
     def transmit(self) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -30,3 +53,10 @@ class RpcConnectionProtocol(QuicConnectionProtocol):
             self._timer = None
             return
         super()._handle_timer()
+
+    def has_unacknowledged_data(self) -> bool:
+        """Whether anything written on a stream still awaits the peer's ACK (aioquic private state)."""
+        return any(
+            stream.sender._buffer_stop > 0 and not stream.sender.is_finished
+            for stream in self._quic._streams.values()
+        )

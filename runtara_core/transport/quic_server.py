@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioquic.asyncio.server import QuicServer
-from aioquic.buffer import Buffer
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import pull_quic_header
 from aioquic.quic.packet import QuicErrorCode
 
-from runtara_core.errors import FrameTooLarge, InternalError, RuntaraError
+from runtara_core.errors import FrameTooLarge, InternalError, InvalidState, RuntaraError
 from runtara_core.transport.quic_protocol import RpcConnectionProtocol
 from runtara_core.transport.quic_config import server_configuration, tune_connection
 from runtara_core.transport.tls import ServerTls
@@ -35,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Application error code sent with STOP_SENDING / RESET_STREAM when we refuse a stream.
 STREAM_REFUSED = 0x1
+SHUTTING_DOWN = InvalidState("the server is shutting down; retry once it is back")
+_INCOMPLETE = object()
 
 
 def is_client_bidi(stream_id: int) -> bool:
@@ -46,6 +46,8 @@ class ServerLimits:
     max_frame_bytes: int = 16 * 1024 * 1024
     max_streams_per_connection: int = 128
     idle_timeout_s: float = 60.0
+    max_buffered_bytes_per_connection: int = 64 * 1024 * 1024
+    """Unfinished request bytes one connection may make the server hold across its streams."""
 
 
 class Session:
@@ -91,6 +93,7 @@ class RpcServerProtocol(RpcConnectionProtocol):
         tune_connection(quic, max_streams_bidi=server.limits.max_streams_per_connection)
         self._server = server
         self._readers: dict[int, SingleFrameReader] = {}
+        self._buffered = 0
         self._refused: set[int] = set()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.terminated = False
@@ -101,8 +104,11 @@ class RpcServerProtocol(RpcConnectionProtocol):
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
             self._stream_data(event)
-        elif isinstance(event, (events.StreamReset, events.StopSendingReceived)):
-            self._forget_stream(event.stream_id)  # the client abandoned this request
+        elif isinstance(event, events.StreamReset):
+            self._abandon(event.stream_id)  # the request will never arrive in full
+        elif isinstance(event, events.StopSendingReceived):
+            self._abandon(event.stream_id)  # the client no longer wants the answer
+            self._refused.add(event.stream_id)
         elif isinstance(event, events.ConnectionTerminated):
             self._terminated()
 
@@ -114,30 +120,50 @@ class RpcServerProtocol(RpcConnectionProtocol):
             if event.end_stream:
                 self._refused.discard(stream_id)
             return
-        reader = self._readers.get(stream_id)
-        if reader is None:
-            reader = self._readers[stream_id] = SingleFrameReader(self._server.limits.max_frame_bytes)
         try:
-            reader.feed(event.data)
-            if not event.end_stream:
-                return
-            del self._readers[stream_id]
-            message = reader.finish()
+            message = self._collect(stream_id, event.data, event.end_stream)
         except RuntaraError as error:
             self._refuse(stream_id, error, ended=event.end_stream)
+            return
+        if message is _INCOMPLETE:
+            return
+        if self._server.draining:
+            self._respond(stream_id, error_response(SHUTTING_DOWN))
             return
         task = asyncio.ensure_future(self._serve(stream_id, message))
         self._tasks[stream_id] = task
         task.add_done_callback(lambda _t, sid=stream_id: self._tasks.pop(sid, None))
 
+    def _collect(self, stream_id: int, data: bytes, end_stream: bool) -> Any:
+        """Buffer a request's bytes; return the decoded request once the stream ends."""
+        budget = self._server.limits.max_buffered_bytes_per_connection
+        if self._buffered + len(data) > budget:
+            raise FrameTooLarge(
+                f"this connection already holds {self._buffered} bytes of unfinished requests "
+                f"and the limit is {budget}; send large requests fewer at a time"
+            )
+        reader = self._readers.get(stream_id)
+        if reader is None:
+            reader = self._readers[stream_id] = SingleFrameReader(self._server.limits.max_frame_bytes)
+        self._buffered += len(data)
+        reader.feed(data)
+        if not end_stream:
+            return _INCOMPLETE
+        self._drop_reader(stream_id)
+        return reader.finish()
+
+    def _drop_reader(self, stream_id: int) -> None:
+        reader = self._readers.pop(stream_id, None)
+        if reader is not None:
+            self._buffered -= reader.received
+
     def _refuse(self, stream_id: int, error: RuntaraError, *, ended: bool) -> None:
         """Answer a malformed or oversized request with an error and stop reading the stream."""
-        self._readers.pop(stream_id, None)
+        self._drop_reader(stream_id)
         if not ended:
             self._refused.add(stream_id)
             self._quic.stop_stream(stream_id, STREAM_REFUSED)
-        if not isinstance(error, FrameTooLarge):
-            log.debug("refused stream %d: %s", stream_id, error)
+        log.debug("refused stream %d: %s", stream_id, error)
         self._respond(stream_id, error_response(error))
 
     async def _serve(self, stream_id: int, message: Any) -> None:
@@ -152,8 +178,12 @@ class RpcServerProtocol(RpcConnectionProtocol):
         except RuntaraError as error:
             log.error("response on stream %d cannot be sent: %s", stream_id, error)
             frame = encode_frame(error_response(InternalError(f"response could not be sent: {error.message}")))
-        self._quic.send_stream_data(stream_id, frame, end_stream=True)
-        self.transmit()
+        try:
+            self._quic.send_stream_data(stream_id, frame, end_stream=True)
+        except (RuntimeError, ValueError) as exc:  # the client reset or stopped the stream
+            log.debug("response on stream %d dropped: %s", stream_id, exc)
+            return
+        self.send_soon()
 
     def push(self, message: Message | Mapping[str, Any]) -> bool:
         if self.terminated:
@@ -163,11 +193,11 @@ class RpcServerProtocol(RpcConnectionProtocol):
         self._quic.send_stream_data(
             stream_id, encode_frame(body, self._server.limits.max_frame_bytes), end_stream=True
         )
-        self.transmit()
+        self.send_soon()
         return True
 
-    def _forget_stream(self, stream_id: int) -> None:
-        self._readers.pop(stream_id, None)
+    def _abandon(self, stream_id: int) -> None:
+        self._drop_reader(stream_id)
         self._refused.discard(stream_id)
         task = self._tasks.pop(stream_id, None)
         if task is not None:
@@ -181,6 +211,7 @@ class RpcServerProtocol(RpcConnectionProtocol):
             task.cancel()
         self._tasks.clear()
         self._readers.clear()
+        self._buffered = 0
         self._refused.clear()
         self._server._connection_closed(self)
         self.session._closed()
@@ -189,23 +220,14 @@ class RpcServerProtocol(RpcConnectionProtocol):
     def in_flight(self) -> int:
         return len(self._tasks)
 
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered
 
-class _Listener(QuicServer):
-    """aioquic's server endpoint, able to stop admitting new connections while draining."""
-
-    draining = False
-
-    def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        if self.draining:
-            try:
-                header = pull_quic_header(
-                    Buffer(data=bytes(data)), host_cid_length=self._configuration.connection_id_length
-                )
-            except ValueError:
-                return
-            if header.destination_cid not in self._protocols:
-                return
-        super().datagram_received(data, addr)
+    @property
+    def settled(self) -> bool:
+        """No request being served and every response acknowledged by the client."""
+        return not self._tasks and not self.has_unacknowledged_data()
 
 
 class RpcServer:
@@ -225,17 +247,19 @@ class RpcServer:
         self.limits = limits
         self._configuration = server_configuration(alpn, tls, limits.idle_timeout_s)
         self._on_connect = on_connect
-        self._listener: _Listener | None = None
+        self._listener: QuicServer | None = None
         self._connections: set[RpcServerProtocol] = set()
+        self.draining = False
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen on ``host:port`` (port 0 picks a free one); returns the bound address."""
         loop = asyncio.get_running_loop()
         sock = bound_server_socket(host, port)
-        listener = _Listener(configuration=self._configuration, create_protocol=self._new_protocol)
+        listener = QuicServer(configuration=self._configuration, create_protocol=self._new_protocol)
         await loop.create_datagram_endpoint(lambda: listener, sock=sock)
         self._listener = listener
+        self.draining = False
         bound = sock.getsockname()
         self.address = (bound[0], bound[1])
         log.info("serving %s on %s:%d (UDP)", self.alpn, *self.address)
@@ -244,9 +268,20 @@ class RpcServer:
     def _new_protocol(self, quic: QuicConnection, **kwargs: Any) -> RpcServerProtocol:
         protocol = RpcServerProtocol(quic, server=self, **kwargs)
         self._connections.add(protocol)
-        if self._on_connect is not None:
-            self._on_connect(protocol.session)
+        if self.draining:
+            # Tell the newcomer at once instead of letting its handshake time out.
+            asyncio.get_running_loop().call_soon(self._close, protocol)
+        elif self._on_connect is not None:
+            try:
+                self._on_connect(protocol.session)
+            except Exception:
+                log.exception("on_connect callback failed")
         return protocol
+
+    @staticmethod
+    def _close(protocol: RpcServerProtocol) -> None:
+        protocol.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="server shutting down")
+        protocol._terminated()
 
     def _connection_closed(self, protocol: RpcServerProtocol) -> None:
         self._connections.discard(protocol)
@@ -256,20 +291,18 @@ class RpcServer:
         return len(self._connections)
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop admitting connections, let in-flight RPCs finish (bounded), then close."""
+        """Drain, then close: new connections and new RPCs are refused at once, RPCs in flight
+        finish and their responses are acknowledged (bounded by ``grace_s``)."""
         listener = self._listener
         if listener is None:
             return
-        listener.draining = True
+        self.draining = True
         deadline = time.monotonic() + grace_s
-        while any(p.in_flight for p in self._connections) and time.monotonic() < deadline:
+        while not all(p.settled for p in self._connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for protocol in list(self._connections):
-            protocol.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="server shutting down")
-            protocol._terminated()
+            self._close(protocol)
         self._connections.clear()
-        # Give the CONNECTION_CLOSE datagrams a moment to leave before the socket closes.
-        await asyncio.sleep(0)
         listener.close()
         self._listener = None
         log.info("stopped serving %s", self.alpn)

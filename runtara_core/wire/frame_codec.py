@@ -107,13 +107,15 @@ class FrameDecoder:
 class SingleFrameReader:
     """Collects the one frame a request or response stream carries (one stream per RPC)."""
 
-    __slots__ = ("_decoder", "_frames")
+    __slots__ = ("_decoder", "_frames", "received")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._decoder = FrameDecoder(max_frame_bytes)
         self._frames: list[bytes] = []
+        self.received = 0
 
     def feed(self, data: bytes) -> None:
+        self.received += len(data)
         self._frames += self._decoder.feed(data)
         if len(self._frames) > 1:
             raise BadRequest("a stream carries exactly one frame; got a second one")

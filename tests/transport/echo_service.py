@@ -69,3 +69,21 @@ def echo_routes(recorder: Recorder):
 def other_ca(tmp: Path) -> DevCertificates:
     """A second, unrelated development CA."""
     return ensure_dev_certificates(tmp)
+
+
+class Big(Request):
+    op = "big"
+    size: int
+    delay_s: float = 0.0
+
+
+class BigReply(Message):
+    data: bytes
+
+
+def big_routes(recorder: Recorder):
+    async def big(request: Big, session: Session) -> BigReply:
+        await asyncio.sleep(request.delay_s)
+        return BigReply(data=b"z" * request.size)
+
+    return {**echo_routes(recorder), **routes(Route(Big, big))}

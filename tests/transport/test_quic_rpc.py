@@ -9,6 +9,8 @@ import struct
 import pytest
 
 from runtara_core.errors import (
+    ConnectionLost,
+    InvalidState,
     BadRequest,
     FrameTooLarge,
     HandshakeError,
@@ -184,3 +186,89 @@ async def test_many_connections_each_served(server, make_client):
     clients = await asyncio.gather(*(make_client(server.address[1]) for _ in range(10)))
     replies = await asyncio.gather(*(c.call(Echo(text=str(i))) for i, c in enumerate(clients)))
     assert [r["text"] for r in replies] == [str(i) for i in range(10)]
+
+
+# --- regressions from the transport review: each of these once hung, leaked or lost data ------
+
+
+async def test_failed_first_connect_leaves_nothing_running(server, make_client):
+    async def refuse(client):
+        raise ConnectionLost("setup refused")
+
+    with pytest.raises(ConnectionLost):
+        await make_client(server.address[1], on_connected=refuse)
+    async with asyncio.timeout(5):
+        while server.connection_count:
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    assert server.connection_count == 0  # no hidden reconnect loop dialled back in
+
+
+async def test_close_wakes_calls_waiting_for_a_connection(start_server, make_client):
+    server = await start_server()
+    client = await make_client(server.address[1], options=ClientOptions(request_timeout_s=10, reconnect_max_s=5))
+    await server.stop(grace_s=0.1)
+    async with asyncio.timeout(5):
+        while client.connected:
+            await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(client.call(Echo(text="x")))
+    await asyncio.sleep(0.2)
+    await client.close()
+    async with asyncio.timeout(2):
+        with pytest.raises(TransportError, match="client is closed"):
+            await waiting
+
+
+async def test_graceful_stop_delivers_large_responses_in_flight(start_server, make_client, dev_certs, recorder):
+    from runtara_core.transport.quic_server import RpcServer
+    from runtara_core.transport.tls import ServerTls
+    from tests.transport.echo_service import ALPN, Big, big_routes
+
+    server = RpcServer(alpn=ALPN, routes=big_routes(recorder), tls=ServerTls(dev_certs.server_cert, dev_certs.server_key))
+    await server.start("127.0.0.1", 0)
+    client = await make_client(server.address[1])
+    pending = asyncio.ensure_future(client.call(Big(size=2_000_000, delay_s=0.2)))
+    await asyncio.sleep(0.05)
+    await server.stop(grace_s=10)
+    assert len((await pending)["data"]) == 2_000_000
+
+
+async def test_draining_server_refuses_new_work_at_once(start_server, make_client):
+    server = await start_server()
+    client = await make_client(server.address[1])
+    in_flight = asyncio.ensure_future(client.call(Slow(seconds=0.5)))
+    await asyncio.sleep(0.05)
+    stopping = asyncio.ensure_future(server.stop(grace_s=5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(InvalidState, match="shutting down"):
+        await client.call(Echo(text="late"))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TransportError):
+        await make_client(server.address[1], options=ClientOptions(connect_timeout_s=5))
+    assert asyncio.get_running_loop().time() - started < 2  # told, not left to time out
+    assert (await in_flight)["text"] == "done"
+    await stopping
+
+
+async def test_per_connection_buffer_budget_bounds_partial_requests(start_server, make_client):
+    limits = ServerLimits(max_frame_bytes=1 << 20, max_buffered_bytes_per_connection=3 << 20)
+    server = await start_server(limits=limits)
+    client = await make_client(server.address[1])
+    quic = client._protocol._quic  # a hostile client: frames started, never finished
+    for _ in range(6):
+        stream_id = quic.get_next_available_stream_id()
+        quic.send_stream_data(stream_id, struct.pack(">I", (1 << 20) - 1) + b"y" * (900 << 10))
+    client._protocol.transmit()
+    (connection,) = server._connections
+    await asyncio.sleep(0.5)
+    assert 0 < connection.buffered_bytes <= 3 << 20
+    assert (await client.call(Echo(text="fine")))["text"] == "fine"
+
+
+async def test_many_timeouts_under_load_keep_the_connection(client, server):
+    results = await asyncio.gather(
+        *(client.call(Slow(seconds=0.05), timeout_s=0.01) for _ in range(400)), return_exceptions=True
+    )
+    assert all(isinstance(r, (RequestTimeout, dict)) for r in results), {type(r) for r in results}
+    assert (await client.call(Echo(text="alive")))["text"] == "alive"
+    assert client.connections_made == 1
