@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0)
     max_streams_per_connection: int = Field(128, ge=1, le=100_000)
+    max_buffered_bytes_per_connection: int = Field(64 * MIB, ge=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("core_addr", "env_addr")

@@ -48,6 +48,7 @@ class CoreServer:
                 max_frame_bytes=settings.max_frame_bytes,
                 max_streams_per_connection=settings.max_streams_per_connection,
                 idle_timeout_s=settings.idle_timeout_s,
+                max_buffered_bytes_per_connection=settings.max_buffered_bytes_per_connection,
             ),
         )
         address = settings.core_address
