@@ -32,6 +32,10 @@ class Slow(Request):
     seconds: float
 
 
+class HangUp(Request):
+    op = "hang_up"
+
+
 class PushMe(Request):
     op = "push_me"
     count: int
@@ -63,7 +67,12 @@ def echo_routes(recorder: Recorder):
         for i in range(request.count):
             session.push({"signal": "pause", "seq": i})
 
-    return routes(Route(Echo, echo), Route(Boom, boom), Route(Slow, slow), Route(PushMe, push_me))
+    async def hang_up(request: HangUp, session: Session) -> None:
+        session.close("hanging up on purpose")
+
+    return routes(
+        Route(Echo, echo), Route(Boom, boom), Route(Slow, slow), Route(PushMe, push_me), Route(HangUp, hang_up)
+    )
 
 
 def other_ca(tmp: Path) -> DevCertificates:

@@ -24,7 +24,7 @@ from runtara_core.transport.quic_server import ServerLimits
 from runtara_core.transport.tls import ClientTls
 from runtara_core.wire.frame_codec import encode_frame
 
-from tests.transport.echo_service import Echo, EchoReply, PushMe, Slow, other_ca
+from tests.transport.echo_service import Echo, EchoReply, HangUp, PushMe, Slow, other_ca
 
 
 async def test_one_rpc(client):
@@ -192,16 +192,17 @@ async def test_many_connections_each_served(server, make_client):
 
 
 async def test_failed_first_connect_leaves_nothing_running(server, make_client):
-    async def refuse(client):
-        raise ConnectionLost("setup refused")
+    async def hang_up_during_setup(client):
+        await client.call_on_connection(HangUp())  # the server drops the connection mid-setup
 
+    client = await make_client(server.address[1], on_connected=hang_up_during_setup, connect=False)
     with pytest.raises(ConnectionLost):
-        await make_client(server.address[1], on_connected=refuse)
+        await client.connect()
+    await asyncio.sleep(0.5)
+    assert client.connections_made == 1  # no hidden reconnect loop kept dialling
     async with asyncio.timeout(5):
         while server.connection_count:
             await asyncio.sleep(0.02)
-    await asyncio.sleep(0.3)
-    assert server.connection_count == 0  # no hidden reconnect loop dialled back in
 
 
 async def test_close_wakes_calls_waiting_for_a_connection(start_server, make_client):
