@@ -45,7 +45,7 @@ async def dispatch(table: Mapping[str, Route[Any, S]], message: Any, session: S)
         op, fields = parse_request(message)
         route = table.get(op)
         if route is None:
-            known = ", ".join(sorted(table))
+            known = ", ".join(sorted(table)) or "(none yet)"
             raise UnknownOp(f"unknown op {op[:64]!r}; this server serves: {known}")
         request = validate_message(route.request, fields, op)
         result = await route.handler(request, session)
