@@ -60,22 +60,23 @@ ALERT_HINTS = {
 }
 
 
+def tls_alert(event: events.ConnectionTerminated) -> int | None:
+    """The TLS alert a handshake failure carries in its QUIC error code (CRYPTO_ERROR range)."""
+    alert = event.error_code - QuicErrorCode.CRYPTO_ERROR
+    return alert if 0 <= alert < 0x100 else None
+
+
 def describe_termination(event: events.ConnectionTerminated) -> str:
     """A sentence for why a connection ended; TLS alerts carry the real handshake reason."""
-    code = event.error_code
     reason = event.reason_phrase or "no reason given"
-    if QuicErrorCode.CRYPTO_ERROR <= code < QuicErrorCode.CRYPTO_ERROR + 0x100:
-        alert = code - QuicErrorCode.CRYPTO_ERROR
+    alert = tls_alert(event)
+    if alert is not None:
         hint = ALERT_HINTS.get(alert)
         return f"TLS handshake refused (alert {alert}): {reason}" + (f": {hint}" if hint else "")
-    if code == QuicErrorCode.APPLICATION_ERROR and not event.reason_phrase:
+    if event.error_code == QuicErrorCode.APPLICATION_ERROR and not event.reason_phrase:
         # An application close before the handshake is confirmed travels without its reason.
         return "connection closed by the server early in the handshake (is it shutting down?)"
-    return f"connection closed (QUIC error 0x{code:x}): {reason}"
-
-
-def is_handshake_failure(event: events.ConnectionTerminated) -> bool:
-    return QuicErrorCode.CRYPTO_ERROR <= event.error_code < QuicErrorCode.CRYPTO_ERROR + 0x100
+    return f"connection closed (QUIC error 0x{event.error_code:x}): {reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,7 @@ class _ClientProtocol(RpcConnectionProtocol):
         elif isinstance(event, events.ConnectionTerminated):
             self._terminate(
                 describe_termination(event),
-                HandshakeError if is_handshake_failure(event) else ConnectionLost,
+                HandshakeError if tls_alert(event) is not None else ConnectionLost,
             )
 
     def error_received(self, exc: Exception) -> None:
