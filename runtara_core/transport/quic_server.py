@@ -76,7 +76,7 @@ class Session:
         self._close_callbacks.append(callback)
 
     def close(self, reason: str = "") -> None:
-        self._protocol.close(reason_phrase=reason)
+        self._protocol.shutdown(reason)
 
     def _closed(self) -> None:
         for callback in self._close_callbacks:
@@ -203,6 +203,11 @@ class RpcServerProtocol(RpcConnectionProtocol):
         if task is not None:
             task.cancel()
 
+    def shutdown(self, reason: str) -> None:
+        """Close the connection now; in-flight handlers are cancelled."""
+        self.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase=reason)
+        self._terminated()
+
     def _terminated(self) -> None:
         if self.terminated:
             return
@@ -270,18 +275,13 @@ class RpcServer:
         self._connections.add(protocol)
         if self.draining:
             # Tell the newcomer at once instead of letting its handshake time out.
-            asyncio.get_running_loop().call_soon(self._close, protocol)
+            asyncio.get_running_loop().call_soon(protocol.shutdown, "server shutting down")
         elif self._on_connect is not None:
             try:
                 self._on_connect(protocol.session)
             except Exception:
                 log.exception("on_connect callback failed")
         return protocol
-
-    @staticmethod
-    def _close(protocol: RpcServerProtocol) -> None:
-        protocol.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="server shutting down")
-        protocol._terminated()
 
     def _connection_closed(self, protocol: RpcServerProtocol) -> None:
         self._connections.discard(protocol)
@@ -301,7 +301,7 @@ class RpcServer:
         while not all(p.settled for p in self._connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for protocol in list(self._connections):
-            self._close(protocol)
+            protocol.shutdown("server shutting down")
         self._connections.clear()
         listener.close()
         self._listener = None

@@ -273,3 +273,36 @@ async def test_many_timeouts_under_load_keep_the_connection(client, server):
     assert all(isinstance(r, (RequestTimeout, dict)) for r in results), {type(r) for r in results}
     assert (await client.call(Echo(text="alive")))["text"] == "alive"
     assert client.connections_made == 1
+
+
+async def test_sessions_report_their_end_to_the_service(dev_certs, make_client, recorder):
+    from runtara_core.transport.quic_server import RpcServer, Session
+    from runtara_core.transport.tls import ServerTls
+    from tests.transport.echo_service import ALPN, echo_routes
+
+    opened: list[Session] = []
+    ended: list[Session] = []
+
+    def on_connect(session: Session) -> None:
+        opened.append(session)
+        session.on_close(ended.append)
+
+    server = RpcServer(
+        alpn=ALPN, routes=echo_routes(recorder), tls=ServerTls(dev_certs.server_cert, dev_certs.server_key), on_connect=on_connect
+    )
+    await server.start("127.0.0.1", 0)
+    try:
+        polite = await make_client(server.address[1])
+        await polite.call(Echo(text="hi"))
+        await polite.close()
+        hung_up = await make_client(server.address[1])
+        with pytest.raises(TransportError):
+            await hung_up.call(HangUp())
+        await hung_up.close()  # it may have reconnected meanwhile; that session must end too
+        async with asyncio.timeout(5):
+            while len(ended) < len(opened):
+                await asyncio.sleep(0.02)
+        assert len(opened) >= 2
+        assert set(ended) == set(opened) and all(s.closed for s in ended)
+    finally:
+        await server.stop(grace_s=0.1)
