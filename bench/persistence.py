@@ -109,7 +109,7 @@ async def bench_persistence(
 def bench_raw_sqlite(path: Path, instance_id: str, state: bytes, ops: int) -> Result:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA synchronous = FULL")  # as the store runs it: like for like
     conn.execute("PRAGMA foreign_keys = ON")
     sql = RAW_INSERT.format("?", "?", "?", "?")
     latencies = []

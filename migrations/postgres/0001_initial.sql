@@ -64,8 +64,11 @@ CREATE INDEX instances_finished ON instances (finished_at_ms) WHERE finished_at_
 CREATE INDEX instances_image ON instances (image_id);
 CREATE INDEX instances_launch_queue ON instances (priority DESC, created_at_ms)
     WHERE status = 'pending';
-CREATE INDEX instances_wake ON instances (wake_at_ms)
-    WHERE status = 'suspended' AND wake_at_ms IS NOT NULL;
+-- The wake scheduler's index (claims of due instances, the next wake time). status leads so a
+-- claim's "status = 'suspended' AND wake_at_ms <= now" is one range of it: SQLite plans without
+-- statistics, and with a bare (wake_at_ms) index it took instances_status_created and visited
+-- every suspended row instead.
+CREATE INDEX instances_wake ON instances (status, wake_at_ms) WHERE wake_at_ms IS NOT NULL;
 
 CREATE TABLE checkpoints (
     seq           BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -2,6 +2,9 @@
 
 Both implementations pass one conformance suite (tests/persistence). Writes that name an
 instance raise ``NotFound`` when it does not exist; reads return None or an empty result.
+Arguments are checked against their annotations first (``rows.value_check``): ids and names
+are 1..255 bytes of UTF-8 without NUL, integers fit in int64, payloads are bytes; anything else
+is a ``BadRequest``, the same on both backends.
 Every method is safe to call from many asyncio tasks at once, and from several processes
 sharing one database.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from runtara_core.persistence.rows import (
     NO_UPDATE,
@@ -35,10 +38,22 @@ from runtara_core.persistence.rows import (
     SignalRow,
     SignalType,
     TerminationReason,
+    check_call,
 )
 
 
 class Persistence(ABC):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Check the arguments of every contract method a backend implements (``check_call``).
+
+        Both backends then refuse the same inputs with the same BadRequest before any SQL, and
+        a method cannot be added or changed without its arguments being checked.
+        """
+        super().__init_subclass__(**kwargs)
+        for name in Persistence.__abstractmethods__:
+            if name in cls.__dict__:
+                setattr(cls, name, check_call(cls.__dict__[name]))
+
     # ------------------------------------------------------------------ lifecycle
 
     @abstractmethod
@@ -72,7 +87,8 @@ class Persistence(ABC):
         Idempotent on instance_id: an existing id returns the stored row with created=False and
         changes nothing, so retried start requests never make a duplicate. The tenant, image name
         and version are copied from the image (NotFound if it does not exist); an id already used
-        by another tenant is a Conflict.
+        by another tenant is a Conflict. An existing id whose image has since been deleted is
+        still returned (see ``rules.check_start``).
         """
 
     @abstractmethod
@@ -167,7 +183,13 @@ class Persistence(ABC):
     async def list_events(
         self, instance_id: str, *, after_id: int = 0, limit: int = 100
     ) -> list[EventRow]:
-        """Events with id > after_id, oldest first: a cursor, so a watcher can poll without gaps."""
+        """Events with id > after_id, oldest first: a cursor, so a watcher can poll without gaps.
+
+        Gap-free per instance only: the events of one instance commit in id order, so once an
+        id is visible every smaller id of that instance is too. Ids are shared by all
+        instances, whose events commit in no such order, so a tenant-wide watch cannot use one
+        cursor over several instances (that watch needs its own scheme; not built yet).
+        """
 
     # ------------------------------------------------------------------ instance-wide signals
 
@@ -196,7 +218,8 @@ class Persistence(ABC):
         """Queue a named signal (FIFO per instance and name).
 
         In the same transaction an instance hibernating on this name is moved to pending, so
-        the wake cannot be lost between the two.
+        the wake cannot be lost between the two. A hibernation racing this call is either
+        woken here or sees the signal in its own ``claim_signal_waiters``.
         """
 
     @abstractmethod

@@ -5,10 +5,11 @@ statement that also refreshes liveness and reads the pending signal), and multi-
 transactions are kept to paths that need a decision between statements.
 
 Concurrency rules, all under READ COMMITTED:
-- Per-instance writes that must not interleave (checkpoint saves, signal consumption, the signal
-  slot) first lock the instance row ``FOR NO KEY UPDATE``. Always that row first, so they cannot
-  deadlock with each other, and that lock mode does not conflict with foreign-key checks.
-- Status changes are conditional UPDATEs; claims pick rows ``FOR UPDATE SKIP LOCKED``.
+- Per-instance writes that must not interleave (checkpoint saves, events, custom signals, the
+  signal slot) first lock the instance row ``FOR NO KEY UPDATE``, as a status change's UPDATE
+  does. Always that row first, so they cannot deadlock with each other, and that lock mode does
+  not conflict with the KEY SHARE locks of foreign-key checks.
+- Status changes are conditional UPDATEs; claims pick rows ``FOR NO KEY UPDATE SKIP LOCKED``.
 - Image versions of one (tenant, name) are numbered under a transaction advisory lock.
 """
 
@@ -61,11 +62,10 @@ from runtara_core.persistence.rows import (
     SignalRow,
     SignalType,
     TerminationReason,
-    check_id,
-    check_page,
 )
 from runtara_core.persistence.rules import Clock, wall_clock_ms
 from runtara_core.persistence.sqlbuild import (
+    NEXT_WAKE_AT,
     Params,
     claim_due_statement,
     claim_signal_waiters_statement,
@@ -104,11 +104,18 @@ SELECT EXISTS (SELECT 1 FROM inst) AS present,
 FROM (SELECT 1) AS one LEFT JOIN signals s ON s.instance_id = $1
 """
 
-_INSERT_EVENT = (
-    "INSERT INTO events (instance_id, type, subtype, payload, created_at_ms) "
-    "SELECT instance_id, $2, $3, $4, $5 FROM instances WHERE instance_id = $1 "
-    f"RETURNING {EVENT_COLUMNS}"
+# The instance row lock, held to commit, makes the events of one instance commit in id order:
+# a writer draws its id only once the previous writer (an append or a transition, whose UPDATE
+# holds the same lock) has committed. Otherwise a watcher polling "id > cursor" could see a
+# later id first, move its cursor past an earlier one still in flight, and never see it.
+_INSERT_EVENT = f"""
+WITH inst AS (
+    SELECT instance_id FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE
 )
+INSERT INTO events (instance_id, type, subtype, payload, created_at_ms)
+SELECT instance_id, $2, $3, $4, $5 FROM inst
+RETURNING {EVENT_COLUMNS}
+"""
 
 
 class PostgresPersistence(Persistence):
@@ -177,23 +184,28 @@ class PostgresPersistence(Persistence):
     async def create_instance(self, new: NewInstance) -> tuple[InstanceRow, bool]:
         now = self._clock()
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "INSERT INTO instances (instance_id, tenant, image_id, image_name, image_version, "
-                "status, max_attempts, input, created_at_ms, updated_at_ms, node_id, priority, "
-                "timeout_ms, env) "
-                "SELECT $1, tenant, image_id, name, version, 'pending', $3, $4, $5, $5, $6, $7, "
-                "$8, $9 FROM images WHERE image_id = $2 "
-                f"ON CONFLICT (instance_id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
-                new.instance_id,
-                new.image_id,
-                new.max_attempts,
-                new.input,
-                now,
-                new.node_id,
-                new.priority,
-                new.timeout_ms,
-                encode_json(new.env),
-            )
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO instances (instance_id, tenant, image_id, image_name, "
+                    "image_version, status, max_attempts, input, created_at_ms, updated_at_ms, "
+                    "node_id, priority, timeout_ms, env) "
+                    "SELECT $1, tenant, image_id, name, version, 'pending', $3, $4, $5, $5, $6, "
+                    "$7, $8, $9 FROM images WHERE image_id = $2 "
+                    f"ON CONFLICT (instance_id) DO NOTHING RETURNING {INSTANCE_COLUMNS}",
+                    new.instance_id,
+                    new.image_id,
+                    new.max_attempts,
+                    new.input,
+                    now,
+                    new.node_id,
+                    new.priority,
+                    new.timeout_ms,
+                    encode_json(new.env),
+                )
+            except asyncpg.ForeignKeyViolationError:
+                # The image was read, then deleted by a transaction that committed before the
+                # foreign-key check: as good as never there.
+                row = None
             if row is not None:
                 return instance_from_record(row), True
             # Not inserted: the id exists (possibly just committed by a concurrent start) or
@@ -205,14 +217,10 @@ class PostgresPersistence(Persistence):
             image_tenant = await conn.fetchval(
                 "SELECT tenant FROM images WHERE image_id = $1", new.image_id
             )
-        rules.check_start(
-            new.instance_id,
-            new.image_id,
-            image_tenant,
-            None if existing is None else existing["tenant"],
+        stored = rules.check_start(
+            new, image_tenant, None if existing is None else instance_from_record(existing)
         )
-        assert existing is not None
-        return instance_from_record(existing), False
+        return stored, False
 
     async def get_instance(self, instance_id: str) -> InstanceRow | None:
         row = await self._pool.fetchrow(
@@ -314,7 +322,6 @@ class PostgresPersistence(Persistence):
     async def find_stale_running(
         self, heartbeat_before_ms: int, limit: int = 1000
     ) -> list[InstanceRow]:
-        check_page(limit)
         rows = await self._pool.fetch(
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE status = 'running' "
             "AND COALESCE(heartbeat_at_ms, started_at_ms, created_at_ms) < $1 "
@@ -329,7 +336,6 @@ class PostgresPersistence(Persistence):
     async def save_checkpoint_if_absent(
         self, instance_id: str, checkpoint_id: str, state: bytes
     ) -> CheckpointSaveResult:
-        check_id("checkpoint_id", checkpoint_id)
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 _SAVE_CHECKPOINT, instance_id, checkpoint_id, state, self._clock()
@@ -360,7 +366,6 @@ class PostgresPersistence(Persistence):
     async def list_checkpoints(
         self, instance_id: str, *, limit: int = 100, offset: int = 0, with_state: bool = False
     ) -> Page[CheckpointRow]:
-        check_page(limit, offset)
         state = "state" if with_state else "NULL::bytea AS state"
         async with (
             self._pool.acquire() as conn,
@@ -416,7 +421,6 @@ class PostgresPersistence(Persistence):
     async def list_events(
         self, instance_id: str, *, after_id: int = 0, limit: int = 100
     ) -> list[EventRow]:
-        check_page(limit)
         rows = await self._pool.fetch(
             f"SELECT {EVENT_COLUMNS} FROM events WHERE instance_id = $1 AND id > $2 "
             "ORDER BY id LIMIT $3",
@@ -473,22 +477,22 @@ class PostgresPersistence(Persistence):
     async def enqueue_custom_signal(
         self, instance_id: str, name: str, payload: bytes
     ) -> CustomSignalEnqueued:
-        check_id("signal name", name)
         now = self._clock()
         params = Params(postgres=True)
         wake_sql = claim_signal_waiters_statement(params, rules.plan_wake(now), instance_id, 1)
         async with self._pool.acquire() as conn, conn.transaction():
+            # The row lock orders this against a hibernation (its UPDATE holds the same lock):
+            # one in flight commits before the claim below reads the status, and one that comes
+            # later commits after this signal, so its own claim_signal_waiters sees it.
+            await self._lock_instance(conn, instance_id)
             row = await conn.fetchrow(
                 "INSERT INTO custom_signals (instance_id, name, payload, created_at_ms) "
-                "SELECT instance_id, $2, $3, $4 FROM instances WHERE instance_id = $1 "
-                f"RETURNING {CUSTOM_SIGNAL_COLUMNS}",
+                f"VALUES ($1, $2, $3, $4) RETURNING {CUSTOM_SIGNAL_COLUMNS}",
                 instance_id,
                 name,
                 payload,
                 now,
             )
-            if row is None:
-                raise rules.instance_not_found(instance_id)
             woken = await conn.fetchrow(wake_sql, *params.values)
         return CustomSignalEnqueued(
             custom_signal_from_record(row), None if woken is None else instance_from_record(woken)
@@ -497,7 +501,6 @@ class PostgresPersistence(Persistence):
     async def consume_custom_signal(
         self, instance_id: str, name: str, checkpoint_id: str
     ) -> CustomSignalConsumed:
-        check_id("checkpoint_id", checkpoint_id)
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
             # The row lock serializes consumers of this instance; each statement after it
@@ -543,7 +546,6 @@ class PostgresPersistence(Persistence):
     async def list_custom_signals(
         self, instance_id: str, *, include_consumed: bool = False, limit: int = 100
     ) -> list[CustomSignalRow]:
-        check_page(limit)
         unconsumed = "" if include_consumed else "AND consumed_at_ms IS NULL "
         rows = await self._pool.fetch(
             f"SELECT {CUSTOM_SIGNAL_COLUMNS} FROM custom_signals WHERE instance_id = $1 "
@@ -574,7 +576,6 @@ class PostgresPersistence(Persistence):
     # ------------------------------------------------------------------ wake-ups
 
     async def claim_due_wakeups(self, now_ms: int, limit: int = 100) -> list[InstanceRow]:
-        check_page(limit)
         params = Params(postgres=True)
         sql = claim_due_statement(params, rules.plan_wake(self._clock()), now_ms, limit)
         rows = await self._pool.fetch(sql, *params.values)
@@ -583,7 +584,6 @@ class PostgresPersistence(Persistence):
     async def claim_signal_waiters(
         self, instance_id: str | None = None, limit: int = 100
     ) -> list[InstanceRow]:
-        check_page(limit)
         params = Params(postgres=True)
         sql = claim_signal_waiters_statement(
             params, rules.plan_wake(self._clock()), instance_id, limit
@@ -592,10 +592,7 @@ class PostgresPersistence(Persistence):
         return [instance_from_record(r) for r in rows]
 
     async def next_wake_at(self) -> int | None:
-        wake_at: int | None = await self._pool.fetchval(
-            "SELECT MIN(wake_at_ms) FROM instances WHERE status = 'suspended' "
-            "AND wake_at_ms IS NOT NULL AND termination_reason IN ('sleeping', 'waiting')"
-        )
+        wake_at: int | None = await self._pool.fetchval(NEXT_WAKE_AT)
         return wake_at
 
     # ------------------------------------------------------------------ images

@@ -1,4 +1,5 @@
-"""The values that cross the persistence boundary: enums, rows read back, and inputs to write.
+"""The values that cross the persistence boundary: enums, rows read back, inputs to write, and
+the checks every input passes (``value_check``) before either backend sees it.
 
 Every row is a frozen, slotted dataclass so callers get attribute access and type checking
 instead of driver records or dicts. Times are Unix epoch milliseconds.
@@ -6,10 +7,27 @@ instead of driver records or dicts. Times are Unix epoch milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+import inspect
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Collection as AbcCollection
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, StrEnum
-from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
+from functools import partial, wraps
+from types import UnionType
+from typing import (
+    Any,
+    Final,
+    Generic,
+    Literal,
+    TypeAlias,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from runtara_core.errors import BadRequest
 
@@ -99,6 +117,21 @@ Maybe: TypeAlias = V | Literal[Unset.TOKEN]
 
 
 MAX_PAGE: Final = 10_000
+MAX_ID_BYTES: Final = 255
+"""Ids and names (instance, checkpoint, image, signal, tenant) are 1..255 bytes of UTF-8."""
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+# --------------------------------------------------------------------------- boundary checks
+#
+# Every value that crosses the boundary is checked against its annotation, in one place for both
+# backends: fields of the input dataclasses below in ``__post_init__``, arguments of every
+# ``Persistence`` method by ``check_call`` (applied in base.py). Without this a bad value reaches
+# the driver, which refuses it differently per backend (PostgreSQL text cannot hold NUL, SQLite
+# stores it) or not at all (SQLite takes a 10 kB id that PostgreSQL cannot index).
+
+Check = Callable[[str, Any], None]
+"""Raises BadRequest naming the field (the str) when the value (the Any) is not acceptable."""
 
 
 def _require(condition: bool, message: str) -> None:
@@ -106,14 +139,196 @@ def _require(condition: bool, message: str) -> None:
         raise BadRequest(message)
 
 
-def check_id(kind: str, value: str) -> None:
-    _require(bool(value), f"{kind} must not be empty")
+def _wrong_type(field: str, wanted: str, value: object) -> BadRequest:
+    return BadRequest(f"{field} must be {wanted}, got {type(value).__name__}")
 
 
-def check_page(limit: int, offset: int = 0) -> None:
-    """Pagination bounds shared by every listing."""
-    _require(1 <= limit <= MAX_PAGE, f"limit must be 1..{MAX_PAGE}, got {limit}")
-    _require(offset >= 0, f"offset must be >= 0, got {offset}")
+def _utf8(field: str, value: object) -> bytes:
+    """``value`` as the UTF-8 both databases store: a str without lone surrogates or NUL."""
+    if not isinstance(value, str):
+        raise _wrong_type(field, "a string", value)
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(f"{field} must be valid Unicode (it has a lone surrogate)") from None
+    _require(b"\x00" not in encoded, f"{field} must not contain NUL")
+    return encoded
+
+
+def check_text(field: str, value: object) -> None:
+    """Free text (errors, descriptions): any length."""
+    _utf8(field, value)
+
+
+def check_id(field: str, value: object) -> None:
+    """An id or name: 1..MAX_ID_BYTES bytes, small enough for any index entry."""
+    size = len(_utf8(field, value))
+    _require(0 < size <= MAX_ID_BYTES, f"{field} must be 1..{MAX_ID_BYTES} bytes, got {size}")
+
+
+def check_int(
+    field: str, value: object, minimum: int = INT64_MIN, maximum: int = INT64_MAX
+) -> None:
+    """An int within int64 (and the bounds). Not a bool or a float: drivers would store or
+    round those differently."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _wrong_type(field, "an integer", value)
+    _require(minimum <= value <= maximum, f"{field} must be {minimum}..{maximum}, got {value}")
+
+
+def _check_float(field: str, value: object) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _wrong_type(field, "a number", value)
+    _require(math.isfinite(value), f"{field} must be finite, got {value}")
+
+
+def _check_bytes(field: str, value: object) -> None:
+    if not isinstance(value, bytes):
+        raise _wrong_type(field, "bytes", value)
+
+
+def _check_bool(field: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise _wrong_type(field, "a bool", value)
+
+
+def _check_json_object(field: str, value: object) -> None:
+    if not isinstance(value, Mapping):
+        raise _wrong_type(field, "a mapping", value)
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"{field} must be JSON: {exc}") from None
+
+
+def _check_env(field: str, value: object) -> None:
+    if not isinstance(value, Mapping):
+        raise _wrong_type(field, "a mapping", value)
+    for key, item in value.items():
+        check_text(f"{field} key", key)
+        check_text(f"{field}[{key!r}]", item)
+
+
+_BY_TYPE: dict[Any, Check] = {
+    str: check_id,
+    int: check_int,
+    float: _check_float,
+    bytes: _check_bytes,
+    bool: _check_bool,
+    Mapping[str, str]: _check_env,
+    Mapping[str, Any]: _check_json_object,
+}
+_BY_NAME: dict[str, Check] = {
+    # Free text rather than ids: any length.
+    "description": check_text,
+    "error": check_text,
+    "stderr_tail": check_text,
+    "subtype": check_text,
+    "limit": partial(check_int, minimum=1, maximum=MAX_PAGE),
+    "offset": partial(check_int, minimum=0),
+}
+
+
+def value_check(name: str, hint: Any) -> Check:
+    """The check of a value named ``name`` annotated ``hint``; TypeError if there is none.
+
+    A type this does not know fails when the class is defined, so no input goes unchecked.
+    """
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        # X | None, and Maybe[X] (X | UNSET): the constants pass, anything else must be an X.
+        constants = [None] if type(None) in args else []
+        for arg in args:
+            if get_origin(arg) is Literal:
+                constants.extend(get_args(arg))
+        rest = [a for a in args if a is not type(None) and get_origin(a) is not Literal]
+        if len(rest) != 1:
+            raise TypeError(f"no boundary check for {name}: {hint}")
+        inner = value_check(name, rest[0])
+
+        def check_union(field: str, value: object) -> None:
+            if not any(value is constant for constant in constants):
+                inner(field, value)
+
+        return check_union
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    if hint in _BY_TYPE:
+        return _BY_TYPE[hint]
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return partial(_check_member, hint)
+    if isinstance(hint, type) and is_dataclass(hint):
+        return partial(_check_instance, hint)
+    if origin in (AbcCollection, frozenset) and len(args) == 1:
+        return partial(_check_items, origin, value_check(name, args[0]))
+    raise TypeError(f"no boundary check for {name}: {hint}")
+
+
+def _check_member(enum: type[Enum], field: str, value: object) -> None:
+    """A member of ``enum``, or (all of them being StrEnums) the string of one."""
+    try:
+        enum(value)
+    except ValueError:
+        choices = ", ".join(str(m.value) for m in enum)
+        raise BadRequest(f"{field} must be one of {choices}, got {value!r}") from None
+
+
+def _check_instance(cls: type, field: str, value: object) -> None:
+    # Its own __post_init__ checked its fields.
+    if not isinstance(value, cls):
+        raise _wrong_type(field, f"a {cls.__name__}", value)
+
+
+def _check_items(kind: type, item: Check, field: str, value: object) -> None:
+    if not isinstance(value, kind) or isinstance(value, str | bytes):
+        raise _wrong_type(field, f"a {kind.__name__}", value)
+    for element in value:  # type: ignore[attr-defined]  # kind is a collection type
+        item(field, element)
+
+
+def check_call(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """``method`` (of a class) checking every argument it is given against its annotation first.
+
+    Arguments left at their defaults are not checked: the defaults are ours.
+    """
+    parameters = list(inspect.signature(method).parameters.values())[1:]  # after self
+    hints = get_type_hints(method)
+    plan = [
+        (
+            position if p.kind is not inspect.Parameter.KEYWORD_ONLY else None,
+            p.name,
+            value_check(p.name, hints[p.name]),
+        )
+        for position, p in enumerate(parameters)
+    ]
+    if not plan:
+        return method
+
+    @wraps(method)
+    async def checked(self: object, *args: Any, **kwargs: Any) -> T:
+        for position, name, check in plan:
+            if position is not None and position < len(args):
+                check(name, args[position])
+            elif name in kwargs:
+                check(name, kwargs[name])
+        return await method(self, *args, **kwargs)
+
+    return checked
+
+
+_FIELD_CHECKS: dict[type, tuple[tuple[str, Check], ...]] = {}
+
+
+def _check_fields(obj: Any) -> None:
+    """Check every field of an input dataclass against its annotation (worked out once a class)."""
+    cls = type(obj)
+    if cls not in _FIELD_CHECKS:
+        hints = get_type_hints(cls)
+        _FIELD_CHECKS[cls] = tuple(
+            (f.name, value_check(f.name, hints[f.name])) for f in fields(obj)
+        )
+    for name, check in _FIELD_CHECKS[cls]:
+        check(name, getattr(obj, name))
 
 
 # --------------------------------------------------------------------------- instances
@@ -133,8 +348,7 @@ class NewInstance:
     node_id: str | None = None
 
     def __post_init__(self) -> None:
-        _require(bool(self.instance_id), "instance_id must not be empty")
-        _require(bool(self.image_id), "image_id must not be empty")
+        _check_fields(self)
         _require(self.max_attempts >= 1, f"max_attempts must be >= 1, got {self.max_attempts}")
         _require(
             self.timeout_ms is None or self.timeout_ms > 0,
@@ -202,6 +416,12 @@ class InstanceUpdate:
     pid: Maybe[int | None] = UNSET
     pid_create_time: Maybe[float | None] = UNSET
 
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        _require(
+            self.attempt is UNSET or self.attempt >= 1, f"attempt must be >= 1, got {self.attempt}"
+        )
+
     def assignments(self) -> dict[str, Any]:
         """Column -> value for every field that is set; field names are the column names."""
         return {
@@ -222,6 +442,9 @@ class ProcessExit:
     cpu_time_ms: int | None = None
     stderr_tail: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceFilter:
@@ -240,7 +463,7 @@ class InstanceFilter:
     offset: int = 0
 
     def __post_init__(self) -> None:
-        check_page(self.limit, self.offset)
+        _check_fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +513,10 @@ class NewEvent:
     type: EventType
     subtype: str | None = None
     payload: bytes | None = None
+
+    def __post_init__(self) -> None:
+        # An unknown type would be stored, and then fail every listing of the instance's events.
+        _check_fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,9 +582,7 @@ class NewImage:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _require(bool(self.image_id), "image_id must not be empty")
-        _require(bool(self.name), "image name must not be empty")
-        _require(bool(self.entrypoint), "entrypoint must not be empty")
+        _check_fields(self)
         _require(self.size_bytes >= 0, f"size_bytes must be >= 0, got {self.size_bytes}")
 
 

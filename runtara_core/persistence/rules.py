@@ -13,8 +13,10 @@ from typing import Any
 from runtara_core.errors import BadRequest, Conflict, InvalidState, NotFound, RuntaraError
 from runtara_core.persistence.rows import (
     NO_UPDATE,
+    InstanceRow,
     InstanceStatus,
     InstanceUpdate,
+    NewInstance,
     SignalType,
     TerminationReason,
 )
@@ -41,8 +43,11 @@ def plan_transition(
     The reason always describes the new status, so it is written on every transition (None
     clears a stale one). A hibernation's wake time and awaited signal only mean something while
     suspended, so leaving suspended clears them; entering a terminal status stamps finished_at.
-    Explicit values in ``update`` win over these defaults.
+    Explicit values in ``update`` win over these defaults. Statuses and reasons may come as their
+    strings (the boundary accepts either): they are compared as members here.
     """
+    new = InstanceStatus(new)
+    reason = None if reason is None else TerminationReason(reason)
     columns: dict[str, Any] = {
         "status": new,
         "termination_reason": reason,
@@ -79,7 +84,7 @@ def transition_refused(
         return NotFound(f"instance {instance_id!r} not found")
     wanted = " or ".join(sorted(s.value for s in expected))
     return InvalidState(
-        f"instance {instance_id!r} is {actual}, expected {wanted} to move it to {new.value}"
+        f"instance {instance_id!r} is {actual}, expected {wanted} to move it to {new}"
     )
 
 
@@ -91,16 +96,21 @@ def instance_not_found(instance_id: str) -> NotFound:
 
 
 def check_start(
-    instance_id: str, image_id: str, image_tenant: str | None, existing_tenant: str | None
-) -> None:
-    """Why a start request cannot create or return an instance, if it cannot.
+    new: NewInstance, image_tenant: str | None, existing: InstanceRow | None
+) -> InstanceRow:
+    """What a start request that inserted nothing returns: the existing instance, or an error.
 
-    An id taken by another tenant is refused rather than returned, which would leak its data.
+    ``image_tenant`` is None when the image does not exist (any more). An existing id is
+    returned unchanged, so retries never duplicate, but not to another tenant, which would leak
+    its data. A retry may come after the instance finished and its image was deleted: it still
+    gets the instance if that instance's image is gone too (nothing names another image); the
+    caller resolved the image for its tenant before the image was deleted.
     """
-    if image_tenant is None:
-        raise NotFound(f"image {image_id!r} not found")
-    if existing_tenant is not None and existing_tenant != image_tenant:
-        raise Conflict(f"instance id {instance_id!r} is already in use")
+    if existing is None or (image_tenant is None and existing.image_id is not None):
+        raise NotFound(f"image {new.image_id!r} not found")
+    if image_tenant is not None and existing.tenant != image_tenant:
+        raise Conflict(f"instance id {new.instance_id!r} is already in use")
+    return existing
 
 
 def check_image_deletable(

@@ -1,8 +1,9 @@
 """Statements built at run time (transitions, claims, listings), written once for both dialects.
 
-SQLite binds ``?`` and PostgreSQL ``$1, $2, ...``, and only PostgreSQL needs row locks to keep
-concurrent claimers apart (SQLite writers are serialized by BEGIN IMMEDIATE); ``Params`` hides
-both differences so each statement is written once. Only column names from fixed whitelists
+SQLite binds ``?`` and PostgreSQL ``$1, $2, ...``, only PostgreSQL needs row locks to keep
+concurrent claimers apart (SQLite writers are serialized by BEGIN IMMEDIATE), and only SQLite's
+planner (which has no statistics) needs telling which index not to use; ``Params`` hides these
+differences so each statement is written once. Only column names from fixed whitelists
 (dataclass fields, this module's literals) are ever put into SQL text; every value is a bind
 parameter.
 """
@@ -49,10 +50,24 @@ class Params:
         return f"{column} IN ({', '.join(self(v) for v in items)})"
 
     def skip_locked(self, table: str | None = None) -> str:
-        """Row-lock clause for a claim's SELECT: rows another claimer holds are skipped."""
+        """Row-lock clause for a claim's SELECT: rows another claimer holds are skipped.
+
+        NO KEY UPDATE, not UPDATE: inserting a checkpoint, event or signal takes KEY SHARE on its
+        instance row (the foreign-key check), which FOR UPDATE conflicts with, so a claim would
+        skip an instance merely because something was being written about it.
+        """
         if not self.postgres:
             return ""
-        return f" FOR UPDATE OF {table} SKIP LOCKED" if table else " FOR UPDATE SKIP LOCKED"
+        of = f" OF {table}" if table else ""
+        return f" FOR NO KEY UPDATE{of} SKIP LOCKED"
+
+    def unindexed(self, column: str) -> str:
+        """``column`` as a term that SQLite will not drive an index search with (unary plus).
+
+        For a condition that only rechecks rows found another way: without statistics SQLite
+        would otherwise pick a low-selectivity index on it (status) and visit every row in it.
+        """
+        return column if self.postgres else f"+{column}"
 
 
 def set_clause(columns: Mapping[str, Any], params: Params) -> str:
@@ -104,13 +119,17 @@ def transition_statement(
 
 
 def claim_due_statement(params: Params, columns: Mapping[str, Any], now_ms: int, limit: int) -> str:
-    """Claim hibernating instances whose wake time has come (oldest due first)."""
+    """Claim hibernating instances whose wake time has come (oldest due first).
+
+    A range scan of the instances_wake index (status, wake_at_ms) that stops at ``now_ms``: its
+    cost follows the number due, not the number hibernating.
+    """
     return _claim(
         params,
         columns,
         "SELECT instance_id FROM instances "
-        "WHERE status = 'suspended' AND termination_reason IN ('sleeping', 'waiting') "
-        f"AND wake_at_ms <= {params(now_ms)} "
+        f"WHERE status = 'suspended' AND wake_at_ms <= {params(now_ms)} "
+        "AND termination_reason IN ('sleeping', 'waiting') "
         f"ORDER BY wake_at_ms LIMIT {params(limit)}{params.skip_locked()}",
     )
 
@@ -118,17 +137,32 @@ def claim_due_statement(params: Params, columns: Mapping[str, Any], now_ms: int,
 def claim_signal_waiters_statement(
     params: Params, columns: Mapping[str, Any], instance_id: str | None, limit: int
 ) -> str:
-    """Claim instances hibernating on a signal name that has an unconsumed signal queued."""
-    only = "" if instance_id is None else f"AND w.instance_id = {params(instance_id)} "
+    """Claim instances hibernating on a signal name that has an unconsumed signal queued.
+
+    The sweep is driven from the queue of unconsumed signals (few: enqueue wakes its waiter at
+    once), not from the waiting instances (up to every hibernating one): each queued instance is
+    one primary-key lookup, which ``unindexed`` keeps SQLite from trading for a status scan.
+    """
+    if instance_id is None:
+        queued = "IN (SELECT instance_id FROM custom_signals WHERE consumed_at_ms IS NULL)"
+    else:
+        queued = f"= {params(instance_id)}"
     return _claim(
         params,
         columns,
-        "SELECT w.instance_id FROM instances w "
-        f"WHERE w.status = 'suspended' AND w.termination_reason = 'waiting' {only}"
+        f"SELECT w.instance_id FROM instances w WHERE w.instance_id {queued} "
+        f"AND {params.unindexed('w.status')} = 'suspended' AND w.termination_reason = 'waiting' "
         "AND EXISTS (SELECT 1 FROM custom_signals c WHERE c.instance_id = w.instance_id "
         "AND c.name = w.waiting_signal_name AND c.consumed_at_ms IS NULL) "
         f"LIMIT {params(limit)}{params.skip_locked('w')}",
     )
+
+
+NEXT_WAKE_AT = (
+    "SELECT MIN(wake_at_ms) FROM instances WHERE status = 'suspended' "
+    "AND wake_at_ms IS NOT NULL AND termination_reason IN ('sleeping', 'waiting')"
+)
+"""The earliest wake time: the first entry of the instances_wake index under 'suspended'."""
 
 
 def _claim(params: Params, columns: Mapping[str, Any], pick: str) -> str:
@@ -136,12 +170,14 @@ def _claim(params: Params, columns: Mapping[str, Any], pick: str) -> str:
 
     ``pick`` is bound first, so it comes first in the text: a MATERIALIZED CTE, which also makes
     PostgreSQL run it (and its LIMIT and row locks) exactly once, rather than once per row
-    of a semi-join.
+    of a semi-join. The status recheck is ``unindexed`` so the UPDATE finds the picked rows
+    by primary key.
     """
     return (
         f"WITH picked AS MATERIALIZED ({pick}) "
         f"UPDATE instances SET {set_clause(columns, params)} "
-        "WHERE status = 'suspended' AND instance_id IN (SELECT instance_id FROM picked) "
+        f"WHERE {params.unindexed('status')} = 'suspended' "
+        "AND instance_id IN (SELECT instance_id FROM picked) "
         f"RETURNING {INSTANCE_COLUMNS}"
     )
 

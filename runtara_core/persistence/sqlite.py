@@ -59,11 +59,10 @@ from runtara_core.persistence.rows import (
     SignalRow,
     SignalType,
     TerminationReason,
-    check_id,
-    check_page,
 )
 from runtara_core.persistence.rules import Clock, wall_clock_ms
 from runtara_core.persistence.sqlbuild import (
+    NEXT_WAKE_AT,
     Params,
     claim_due_statement,
     claim_signal_waiters_statement,
@@ -96,7 +95,9 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     _enable_wal(conn, busy_timeout_ms)
-    conn.execute("PRAGMA synchronous = NORMAL")
+    # FULL: in WAL mode NORMAL may lose the last commits on power failure, and an acknowledged
+    # checkpoint must never be lost (its step would run twice).
+    conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
 
@@ -296,14 +297,12 @@ class SqlitePersistence(Persistence):
                 new.instance_id,
             )
             image = _one(conn, "SELECT tenant FROM images WHERE image_id = ?", new.image_id)
-            rules.check_start(
-                new.instance_id,
-                new.image_id,
+            stored = rules.check_start(
+                new,
                 None if image is None else image["tenant"],
-                None if existing is None else existing["tenant"],
+                None if existing is None else instance_from_record(existing),
             )
-            assert existing is not None
-            return instance_from_record(existing), False
+            return stored, False
 
         return await self._write(tx)
 
@@ -412,8 +411,6 @@ class SqlitePersistence(Persistence):
     async def find_stale_running(
         self, heartbeat_before_ms: int, limit: int = 1000
     ) -> list[InstanceRow]:
-        check_page(limit)
-
         def tx(conn: sqlite3.Connection) -> list[InstanceRow]:
             rows = _all(
                 conn,
@@ -432,7 +429,6 @@ class SqlitePersistence(Persistence):
     async def save_checkpoint_if_absent(
         self, instance_id: str, checkpoint_id: str, state: bytes
     ) -> CheckpointSaveResult:
-        check_id("checkpoint_id", checkpoint_id)
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> CheckpointSaveResult:
@@ -460,7 +456,6 @@ class SqlitePersistence(Persistence):
     async def list_checkpoints(
         self, instance_id: str, *, limit: int = 100, offset: int = 0, with_state: bool = False
     ) -> Page[CheckpointRow]:
-        check_page(limit, offset)
         state = "state" if with_state else "NULL AS state"
 
         def tx(conn: sqlite3.Connection) -> Page[CheckpointRow]:
@@ -520,8 +515,6 @@ class SqlitePersistence(Persistence):
     async def list_events(
         self, instance_id: str, *, after_id: int = 0, limit: int = 100
     ) -> list[EventRow]:
-        check_page(limit)
-
         def tx(conn: sqlite3.Connection) -> list[EventRow]:
             rows = _all(
                 conn,
@@ -585,7 +578,6 @@ class SqlitePersistence(Persistence):
     async def enqueue_custom_signal(
         self, instance_id: str, name: str, payload: bytes
     ) -> CustomSignalEnqueued:
-        check_id("signal name", name)
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> CustomSignalEnqueued:
@@ -609,7 +601,6 @@ class SqlitePersistence(Persistence):
     async def consume_custom_signal(
         self, instance_id: str, name: str, checkpoint_id: str
     ) -> CustomSignalConsumed:
-        check_id("checkpoint_id", checkpoint_id)
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> CustomSignalConsumed:
@@ -639,7 +630,6 @@ class SqlitePersistence(Persistence):
     async def list_custom_signals(
         self, instance_id: str, *, include_consumed: bool = False, limit: int = 100
     ) -> list[CustomSignalRow]:
-        check_page(limit)
         unconsumed = "" if include_consumed else "AND consumed_at_ms IS NULL "
 
         def tx(conn: sqlite3.Connection) -> list[CustomSignalRow]:
@@ -657,7 +647,6 @@ class SqlitePersistence(Persistence):
     # ------------------------------------------------------------------ wake-ups
 
     async def claim_due_wakeups(self, now_ms: int, limit: int = 100) -> list[InstanceRow]:
-        check_page(limit)
         params = Params(postgres=False)
         sql = claim_due_statement(params, rules.plan_wake(self._clock()), now_ms, limit)
 
@@ -669,17 +658,12 @@ class SqlitePersistence(Persistence):
     async def claim_signal_waiters(
         self, instance_id: str | None = None, limit: int = 100
     ) -> list[InstanceRow]:
-        check_page(limit)
         now = self._clock()
         return await self._write(lambda c: _claim_signal_waiters(c, now, instance_id, limit))
 
     async def next_wake_at(self) -> int | None:
         def tx(conn: sqlite3.Connection) -> int | None:
-            row = _one(
-                conn,
-                "SELECT MIN(wake_at_ms) FROM instances WHERE status = 'suspended' "
-                "AND wake_at_ms IS NOT NULL AND termination_reason IN ('sleeping', 'waiting')",
-            )
+            row = _one(conn, NEXT_WAKE_AT)
             return None if row is None else row[0]
 
         return await self._read(tx)

@@ -8,7 +8,7 @@ import pytest
 
 from runtara_core.errors import BadRequest, NotFound
 from runtara_core.persistence import InstanceStatus, Persistence, ReplayEntry, SignalType
-from tests.conftest import FakeClock
+from tests.conftest import Backend, FakeClock
 from tests.persistence.conftest import MakeInstance
 
 RUNNING = InstanceStatus.RUNNING
@@ -93,6 +93,25 @@ async def test_concurrent_writers_agree_on_one_state(
     assert {r.state for r in results} == {winner}
     stored = await persistence.get_checkpoint(row.instance_id, "race")
     assert stored is not None and stored.state == winner
+
+
+async def test_writers_on_two_connections_agree_on_one_state(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    other = await backend.open()
+    await other.get_checkpoint(row.instance_id, "warm-up")  # connected before the race starts
+
+    for step in range(5):
+        results = await asyncio.gather(
+            *(
+                store.save_checkpoint_if_absent(row.instance_id, f"race-{step}", bytes([n]))
+                for n, store in enumerate([persistence, other] * 5)
+            )
+        )
+
+        assert sum(r.saved for r in results) == 1
+        assert len({r.state for r in results}) == 1
 
 
 async def test_checkpoint_ids_are_per_instance(

@@ -21,8 +21,14 @@ from runtara_core.persistence import (
     ProcessExit,
     TerminationReason,
 )
-from tests.conftest import FakeClock
-from tests.persistence.conftest import MakeInstance, new_image
+from tests.conftest import Backend, FakeClock
+from tests.persistence.conftest import (
+    IN_FLIGHT_S,
+    MakeInstance,
+    new_image,
+    other_transaction,
+    run_into,
+)
 
 RUNNING = InstanceStatus.RUNNING
 SUSPENDED = InstanceStatus.SUSPENDED
@@ -94,6 +100,41 @@ async def test_create_with_unknown_image_is_not_found(persistence: Persistence) 
     with pytest.raises(NotFound, match="image"):
         await persistence.create_instance(NewInstance("i-1", "no-such-image"))
     assert await persistence.get_instance("i-1") is None
+
+
+async def test_start_racing_the_deletion_of_its_image_is_not_found(
+    backend: Backend, persistence: Persistence
+) -> None:
+    """The start reads the image before the delete commits and checks its foreign key after."""
+    doomed = await persistence.create_image(new_image("img-doomed"))
+
+    async with other_transaction(backend) as deletion:
+        await deletion.execute(f"DELETE FROM images WHERE image_id = '{doomed.image_id}'")
+        (outcome,) = await run_into(
+            deletion,
+            asyncio.gather(
+                persistence.create_instance(NewInstance("i-1", doomed.image_id)),
+                return_exceptions=True,
+            ),
+        )
+
+    assert isinstance(outcome[0], NotFound) and doomed.image_id in outcome[0].message
+    with pytest.raises(NotFound, match=doomed.image_id):
+        await persistence.create_instance(NewInstance("i-2", doomed.image_id))
+    assert await persistence.get_instance("i-1") is None
+
+
+async def test_start_of_a_finished_instance_whose_image_was_deleted_returns_it(
+    persistence: Persistence, make_instance: MakeInstance, image: ImageRow
+) -> None:
+    row = await make_instance("done", status=InstanceStatus.COMPLETED)
+    await persistence.delete_image(image.image_id)
+
+    again, created = await persistence.create_instance(NewInstance("done", image.image_id))
+
+    assert not created
+    assert again == await persistence.get_instance("done")
+    assert again.image_id is None and again.status is row.status
 
 
 async def test_create_with_an_id_of_another_tenant_conflicts(
@@ -409,3 +450,70 @@ async def test_events_append_and_page_by_cursor(
         await persistence.append_event("missing", NewEvent(EventType.CUSTOM))
     with pytest.raises(BadRequest):
         await persistence.list_events(row.instance_id, limit=0)
+
+
+async def test_event_cursor_misses_no_event_of_a_writer_in_flight(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    """A watcher polls while an earlier event is still uncommitted and a later one is appended.
+
+    If the later one could commit first, the watcher would move its cursor past the earlier one
+    and never see it. The other transaction holds the instance row as a writer of events does
+    (append_event, transition); SQLite holds its one write lock anyway. The watcher has a
+    connection of its own, as it would in another process.
+    """
+    row = await make_instance()
+    watcher = await backend.open()
+
+    async with other_transaction(backend) as earlier:
+        if earlier.postgres:
+            await earlier.execute(
+                f"SELECT 1 FROM instances WHERE instance_id = '{row.instance_id}' FOR NO KEY UPDATE"
+            )
+        await earlier.execute(
+            "INSERT INTO events (instance_id, type, subtype, created_at_ms) "
+            f"VALUES ('{row.instance_id}', 'custom', 'earlier', 0)"
+        )
+        later = asyncio.ensure_future(
+            persistence.append_event(row.instance_id, NewEvent(EventType.CUSTOM, subtype="later"))
+        )
+        await asyncio.sleep(IN_FLIGHT_S)
+        seen = await watcher.list_events(row.instance_id)
+        await earlier.commit()
+    await later
+    seen += await watcher.list_events(row.instance_id, after_id=seen[-1].id if seen else 0)
+
+    assert [e.subtype for e in seen] == ["earlier", "later"]
+
+
+async def test_a_watcher_polling_by_cursor_sees_every_event_once(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    writer_store = await backend.open()
+    writing = True
+    seen: list[int] = []
+
+    async def watch() -> None:
+        cursor = 0
+        while writing:
+            for event in await persistence.list_events(row.instance_id, after_id=cursor):
+                seen.append(event.id)
+                cursor = event.id
+            await asyncio.sleep(0)
+        seen.extend(e.id for e in await persistence.list_events(row.instance_id, after_id=cursor))
+
+    async def write(writer: int) -> None:
+        for n in range(25):
+            await writer_store.append_event(
+                row.instance_id, NewEvent(EventType.CUSTOM, subtype=f"{writer}-{n}")
+            )
+
+    watcher = asyncio.ensure_future(watch())
+    await asyncio.gather(*(write(w) for w in range(12)))
+    writing = False
+    await watcher
+
+    stored = [e.id for e in await persistence.list_events(row.instance_id, limit=1000)]
+    assert len(stored) == 300
+    assert seen == stored

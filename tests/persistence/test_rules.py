@@ -10,8 +10,10 @@ from runtara_core.errors import BadRequest, Conflict, InvalidState, NotFound
 from runtara_core.persistence import (
     UNSET,
     InstanceFilter,
+    InstanceRow,
     InstanceStatus,
     InstanceUpdate,
+    NewInstance,
     SignalType,
     TerminationReason,
     rules,
@@ -102,13 +104,54 @@ def test_transition_refusals() -> None:
         rules.check_expected([])
 
 
+def _stored(tenant: str, image_id: str | None) -> InstanceRow:
+    return InstanceRow(
+        instance_id="i",
+        tenant=tenant,
+        image_id=image_id,
+        image_name="orders",
+        image_version=1,
+        status=InstanceStatus.COMPLETED,
+        termination_reason=None,
+        attempt=1,
+        max_attempts=3,
+        input=b"",
+        output=None,
+        error=None,
+        created_at_ms=0,
+        started_at_ms=None,
+        finished_at_ms=None,
+        updated_at_ms=0,
+        wake_at_ms=None,
+        heartbeat_at_ms=None,
+        waiting_signal_name=None,
+        checkpoint_id=None,
+        node_id=None,
+        priority=0,
+        timeout_ms=None,
+        env={},
+        pid=None,
+        pid_create_time=None,
+        peak_rss_bytes=None,
+        cpu_time_ms=None,
+        exit_code=None,
+        exit_signal=None,
+        stderr_tail=None,
+    )
+
+
 def test_check_start() -> None:
-    rules.check_start("i", "img", "acme", None)
-    rules.check_start("i", "img", "acme", "acme")
-    with pytest.raises(NotFound):
-        rules.check_start("i", "img", None, None)
+    start = NewInstance("i", "img")
+    mine, orphaned = _stored("acme", "img"), _stored("acme", None)
+
+    assert rules.check_start(start, "acme", mine) is mine
+    assert rules.check_start(start, None, orphaned) is orphaned
+    with pytest.raises(NotFound, match="img"):
+        rules.check_start(start, None, None)
+    with pytest.raises(NotFound, match="img"):
+        rules.check_start(start, None, _stored("acme", "other-img"))
     with pytest.raises(Conflict):
-        rules.check_start("i", "img", "acme", "globex")
+        rules.check_start(start, "acme", _stored("globex", "img"))
 
 
 def test_params_placeholders_per_dialect() -> None:
@@ -117,9 +160,9 @@ def test_params_placeholders_per_dialect() -> None:
     assert [sqlite(1), sqlite.any_of("status", ["a", "b"])] == ["?", "status IN (?, ?)"]
     assert [postgres(1), postgres.any_of("status", ["a", "b"])] == ["$1", "status = ANY($2)"]
     assert sqlite.values == [1, "a", "b"] and postgres.values == [1, ["a", "b"]]
-    assert (
-        sqlite.skip_locked() == "" and postgres.skip_locked("w") == " FOR UPDATE OF w SKIP LOCKED"
-    )
+    assert sqlite.skip_locked() == ""
+    assert postgres.skip_locked("w") == " FOR NO KEY UPDATE OF w SKIP LOCKED"
+    assert (sqlite.unindexed("status"), postgres.unindexed("status")) == ("+status", "status")
 
 
 def test_instance_filter_clause() -> None:

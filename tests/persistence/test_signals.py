@@ -14,8 +14,8 @@ from runtara_core.persistence import (
     SignalType,
     TerminationReason,
 )
-from tests.conftest import FakeClock
-from tests.persistence.conftest import MakeInstance
+from tests.conftest import Backend, FakeClock
+from tests.persistence.conftest import MakeInstance, other_transaction, run_into
 
 RUNNING = InstanceStatus.RUNNING
 SUSPENDED = InstanceStatus.SUSPENDED
@@ -223,6 +223,33 @@ async def test_concurrent_consumers_of_one_checkpoint_take_one_signal(
     assert len(await persistence.list_custom_signals(row.instance_id)) == 4
 
 
+async def test_consumers_on_two_connections_take_each_signal_exactly_once(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    for n in range(60):
+        await persistence.enqueue_custom_signal(row.instance_id, "job", bytes([n]))
+    other = await backend.open()
+    await other.pending_signal(row.instance_id)  # connected before the race starts
+
+    async def consumer(store: Persistence, worker: int) -> list[int]:
+        got: list[int] = []
+        for step in range(70):  # bounded: more steps than signals
+            result = await store.consume_custom_signal(row.instance_id, "job", f"w{worker}-{step}")
+            if not result.found:
+                return got
+            assert not result.replayed and result.payload is not None
+            got.append(result.payload[0])
+        raise AssertionError("consumer did not drain the queue")
+
+    per_worker = await asyncio.gather(
+        *(consumer(store, w) for w, store in enumerate([persistence, other] * 4))
+    )
+
+    assert sorted(n for got in per_worker for n in got) == list(range(60))
+    assert (await persistence.list_checkpoints(row.instance_id)).total == 60
+
+
 async def test_custom_signal_errors(persistence: Persistence, make_instance: MakeInstance) -> None:
     row = await make_instance(status=RUNNING)
     with pytest.raises(NotFound):
@@ -301,3 +328,28 @@ async def test_sweep_wakes_waiters_whose_signal_arrived_before_they_hibernated(
     assert await persistence.claim_signal_waiters() == []
     still = await persistence.get_instance(nothing.instance_id)
     assert still is not None and still.status is SUSPENDED
+
+
+async def test_enqueue_wakes_an_instance_whose_hibernation_is_in_flight(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    """The core hibernates an instance (running -> suspended, waiting) while a signal arrives.
+
+    Had the enqueue not waited for that UPDATE, it would have read the instance as running and
+    woken nobody, and a sweep run right after the hibernation (before the enqueue committed)
+    would have missed the signal: the instance would wait forever.
+    """
+    row = await make_instance(status=RUNNING)
+
+    async with other_transaction(backend) as hibernation:
+        await hibernation.execute(
+            "UPDATE instances SET status = 'suspended', termination_reason = 'waiting', "
+            f"waiting_signal_name = 'approval' WHERE instance_id = '{row.instance_id}'"
+        )
+        (enqueued,) = await run_into(
+            hibernation, persistence.enqueue_custom_signal(row.instance_id, "approval", b"ok")
+        )
+
+    assert enqueued.woken is not None and enqueued.woken.instance_id == row.instance_id
+    after = await persistence.get_instance(row.instance_id)
+    assert after is not None and after.status is InstanceStatus.PENDING

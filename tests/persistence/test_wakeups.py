@@ -13,10 +13,11 @@ from runtara_core.persistence import (
     Persistence,
     TerminationReason,
 )
-from tests.conftest import FakeClock
-from tests.persistence.conftest import MakeInstance
+from tests.conftest import Backend, FakeClock
+from tests.persistence.conftest import MakeInstance, other_transaction, run_into
 
 SUSPENDED = InstanceStatus.SUSPENDED
+RUNNING = InstanceStatus.RUNNING
 
 
 async def _sleeping(make_instance: MakeInstance, wake_at_ms: int, **kwargs: object) -> str:
@@ -86,6 +87,74 @@ async def test_concurrent_claimers_never_share_an_instance(
     claimed = [instance_id for got in results for instance_id in got]
     assert len(claimed) == len(set(claimed)) == 30
     assert set(claimed) == ids
+
+
+async def test_claimers_on_two_connections_never_share_an_instance(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    now = clock()
+    ids = {await _sleeping(make_instance, now - n) for n in range(30)}
+    other = await backend.open()
+    await other.next_wake_at()  # connected before the race starts
+
+    async def claimer(store: Persistence) -> list[str]:
+        got: list[str] = []
+        for _ in range(30):
+            batch = await store.claim_due_wakeups(now, limit=3)
+            if not batch:
+                return got
+            got.extend(r.instance_id for r in batch)
+        return got
+
+    results = await asyncio.gather(*(claimer(s) for s in [persistence, other] * 3))
+
+    claimed = [instance_id for got in results for instance_id in got]
+    assert sorted(claimed) == sorted(ids)
+
+
+async def test_claims_take_instances_that_another_transaction_is_writing_about(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    """An event or checkpoint of the instance being inserted elsewhere must not hide it.
+
+    On PostgreSQL such an insert holds KEY SHARE on the instance row until it commits (the
+    foreign-key check); claims that locked FOR UPDATE SKIP LOCKED skipped the row: the due
+    sleeper stayed asleep and the enqueue woke nobody.
+    """
+    sleeper = await _sleeping(make_instance, clock() - 1)
+    waiter = (await make_instance(status=RUNNING)).instance_id
+    queued = (await make_instance(status=RUNNING)).instance_id
+    await persistence.enqueue_custom_signal(queued, "go", b"")
+    for instance_id, name in ((waiter, "approval"), (queued, "go")):
+        await persistence.transition(
+            instance_id,
+            [RUNNING],
+            SUSPENDED,
+            reason=TerminationReason.WAITING,
+            update=InstanceUpdate(waiting_signal_name=name),
+        )
+
+    async with other_transaction(backend) as other:
+        for instance_id in (sleeper, waiter, queued):
+            await other.execute(
+                "INSERT INTO events (instance_id, type, created_at_ms) "
+                f"VALUES ('{instance_id}', 'custom', 0)"
+            )
+        blob = "'\\x00'::bytea" if other.postgres else "X'00'"
+        await other.execute(
+            "INSERT INTO checkpoints (instance_id, checkpoint_id, state, created_at_ms) "
+            f"VALUES ('{sleeper}', 'step', {blob}, 0)"
+        )
+        due, enqueued, swept = await run_into(
+            other,
+            persistence.claim_due_wakeups(clock()),
+            persistence.enqueue_custom_signal(waiter, "approval", b"ok"),
+            persistence.claim_signal_waiters(),
+        )
+
+    assert [r.instance_id for r in due] == [sleeper]
+    assert enqueued.woken is not None and enqueued.woken.instance_id == waiter
+    assert [r.instance_id for r in swept] == [queued]
 
 
 async def test_next_wake_at(
