@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtara_core.errors import ConfigError
@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_addr(cls, value: str) -> str:
         parse_host_port(value)
+        return value
+
+    @field_validator("max_buffered_bytes_per_connection")
+    @classmethod
+    def _budget_fits_a_frame(cls, value: int, info: ValidationInfo) -> int:
+        frame = info.data.get("max_frame_bytes")
+        if frame is not None and value < frame:
+            raise ValueError(
+                f"must be at least RUNTARA_MAX_FRAME_BYTES ({frame}): no frame that large could arrive"
+            )
         return value
 
     @field_validator("database_url")

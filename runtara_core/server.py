@@ -52,7 +52,12 @@ class CoreServer:
             ),
         )
         address = settings.core_address
-        return await self._rpc.start(address.host, address.port)
+        try:
+            return await self._rpc.start(address.host, address.port)
+        except BaseException:
+            self._rpc = None
+            await self._close_own_persistence()
+            raise
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -63,6 +68,9 @@ class CoreServer:
         if self._rpc is not None:
             await self._rpc.stop(grace_s)
             self._rpc = None
+        await self._close_own_persistence()
+
+    async def _close_own_persistence(self) -> None:
         if self.persistence is not None and self._given_persistence is None:
             await self.persistence.close()
             self.persistence = None

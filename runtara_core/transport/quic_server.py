@@ -57,7 +57,6 @@ class Session:
     def __init__(self, protocol: RpcServerProtocol) -> None:
         self._protocol = protocol
         self.state: Any = None
-        self.connected_at = time.time()
         self._close_callbacks: list[Callable[[Session], None]] = []
 
     @property
@@ -158,7 +157,11 @@ class RpcServerProtocol(RpcConnectionProtocol):
             self._buffered -= reader.received
 
     def _refuse(self, stream_id: int, error: RuntaraError, *, ended: bool) -> None:
-        """Answer a malformed or oversized request with an error and stop reading the stream."""
+        """Answer a malformed or oversized request with an error and stop reading the stream.
+
+        DESIGN section 2 says the stream is reset: we reset the client's sending half
+        (STOP_SENDING) and still answer on ours, since resetting ours would discard the error.
+        """
         self._drop_reader(stream_id)
         if not ended:
             self._refused.add(stream_id)

@@ -87,11 +87,6 @@ class FrameDecoder:
             del self._buffer[: self._expected]
             self._expected = None
 
-    @property
-    def buffered(self) -> int:
-        """Bytes held for an incomplete frame (header included)."""
-        return len(self._buffer) + (HEADER_SIZE if self._expected is not None else 0)
-
     def check_complete(self) -> None:
         """Call at end of stream: a partial frame left over is a ``BadRequest``."""
         if self._expected is not None:

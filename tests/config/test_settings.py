@@ -30,6 +30,7 @@ def test_database_url_follows_the_data_dir(monkeypatch, tmp_path):
         ("RUNTARA_DATABASE_URL", "mysql://x", "RUNTARA_DATABASE_URL: expected sqlite:///PATH"),
         ("RUNTARA_LAUNCHER", "teleport", "RUNTARA_LAUNCHER: Input should be 'fork' or 'spawn'"),
         ("RUNTARA_TLS_INSECURE", "maybe", "RUNTARA_TLS_INSECURE"),
+        ("RUNTARA_MAX_BUFFERED_BYTES_PER_CONNECTION", "1000", "must be at least RUNTARA_MAX_FRAME_BYTES"),
     ],
 )
 def test_invalid_setting_is_one_line_naming_it(monkeypatch, variable, value, expected):

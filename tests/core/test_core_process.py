@@ -89,6 +89,19 @@ def test_invalid_setting_stops_the_core_with_one_clear_line(tmp_path):
     assert "RUNTARA_MAX_FRAME_BYTES" in lines[0]
 
 
+def test_a_taken_address_stops_the_core_with_one_clear_line(tmp_path):
+    env = clean_env(tmp_path)
+    host, port = env["RUNTARA_CORE_ADDR"].rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((host, int(port)))
+        result = subprocess.run(
+            [sys.executable, "-m", "runtara_core"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 1
+    assert "runtara-core: cannot start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("script", ["runtara-environment", "runtara-ctl"])
 def test_not_yet_available_commands_say_so(script, tmp_path):
     path = BIN / script
@@ -97,3 +110,20 @@ def test_not_yet_available_commands_say_so(script, tmp_path):
     result = subprocess.run([str(path)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 2
     assert "not yet available" in result.stderr
+
+
+async def test_embedded_core_that_cannot_listen_closes_the_database_it_opened(tmp_path, monkeypatch):
+    from runtara_core.config import load_settings
+    from runtara_core.server import CoreServer
+
+    env = clean_env(tmp_path)
+    for name, value in env.items():
+        if name.startswith("RUNTARA_"):
+            monkeypatch.setenv(name, value)
+    host, port = env["RUNTARA_CORE_ADDR"].rsplit(":", 1)
+    server = CoreServer(load_settings())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind((host, int(port)))
+        with pytest.raises(OSError):
+            await server.start()
+    assert server.persistence is None and server.address is None
