@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtara_core.errors import ConfigError
@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     tokens_file: Path | None = None
     max_frame_bytes: int = Field(16 * MIB, ge=64, le=2**32 - 1)
     max_checkpoint_bytes: int = Field(4 * MIB, ge=1)
+    register_history_budget_bytes: int = Field(8 * MIB, ge=0)
+    """Checkpoint states sent back with ``register`` (replay without a round trip per step)."""
+    instance_secret: SecretStr | None = Field(None, min_length=16)
+    """Signs instance tokens; generated into the data dir when unset."""
     max_concurrent_instances: int = Field(32, ge=1)
     hibernate_after_ms: int = Field(5000, ge=0)
     heartbeat_timeout_ms: int = Field(60000, ge=100)
@@ -70,6 +74,9 @@ class Settings(BaseSettings):
     idle_timeout_s: float = Field(60.0, gt=0)
     max_streams_per_connection: int = Field(128, ge=1, le=100_000)
     max_buffered_bytes_per_connection: int = Field(64 * MIB, ge=64)
+    max_connections: int = Field(10_000, ge=1)
+    request_arrival_timeout_s: float = Field(30.0, gt=0)
+    """A request stream must deliver its whole frame within this long after its first byte."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("core_addr", "env_addr")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from runtara_core.persistence.rows import (
     NO_UPDATE,
@@ -40,6 +40,11 @@ from runtara_core.persistence.rows import (
     TerminationReason,
     check_call,
 )
+from runtara_core.signal_notifier import Subscriber
+
+
+class SignalListener(Protocol):
+    async def close(self) -> None: ...
 
 
 class Persistence(ABC):
@@ -66,6 +71,14 @@ class Persistence(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections; the object is unusable afterwards."""
+
+    async def listen_signals(self, subscriber: Subscriber) -> SignalListener | None:
+        """Hear about signals stored by *other processes* (``subscriber`` runs on the event loop).
+
+        None where the backend has no such channel (SQLite: one process owns the file in
+        practice, and in-process writers use ``SignalNotifier`` directly).
+        """
+        return None
 
     async def __aenter__(self) -> Self:
         return self

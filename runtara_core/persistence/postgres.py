@@ -22,10 +22,16 @@ from pathlib import Path
 
 import asyncpg
 
+from runtara_core.signal_notifier import SignalStored, Subscriber
 from runtara_core.errors import BadRequest, Conflict
 from runtara_core.persistence import rules
 from runtara_core.persistence.base import Persistence
 from runtara_core.persistence.migrations import apply_postgres, load_migrations
+from runtara_core.persistence.signal_channel import (
+    PostgresSignalListener,
+    channel_name,
+    encode_notification,
+)
 from runtara_core.persistence.records import (
     CUSTOM_SIGNAL_COLUMNS,
     EVENT_COLUMNS,
@@ -128,8 +134,11 @@ class PostgresPersistence(Persistence):
         clock: Clock = wall_clock_ms,
         schema: str | None = None,
         migrations_dir: Path | None = None,
+        dsn: str | None = None,
     ) -> None:
         self._pool = pool
+        self._dsn = dsn
+        self._channel = channel_name(schema)
         self._clock = clock
         self._schema = schema
         self._migrations_dir = migrations_dir
@@ -159,7 +168,7 @@ class PostgresPersistence(Persistence):
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, server_settings=server_settings
         )
-        store = cls(pool, clock=clock, schema=schema, migrations_dir=migrations_dir)
+        store = cls(pool, clock=clock, schema=schema, migrations_dir=migrations_dir, dsn=dsn)
         try:
             if apply_migrations:
                 await store.migrate()
@@ -178,6 +187,17 @@ class PostgresPersistence(Persistence):
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def listen_signals(self, subscriber: Subscriber) -> PostgresSignalListener | None:
+        if self._dsn is None:
+            return None  # wraps a pool it did not open: no DSN for a dedicated connection
+        listener = PostgresSignalListener(lambda: asyncpg.connect(self._dsn), self._channel, subscriber)
+        await listener.start()
+        return listener
+
+    async def _notify(self, conn: asyncpg.Connection, event: SignalStored) -> None:
+        """Queue a notification; PostgreSQL delivers it when (and only if) the transaction commits."""
+        await conn.execute("SELECT pg_notify($1, $2)", self._channel, encode_notification(event))
 
     # ------------------------------------------------------------------ instances
 
@@ -456,6 +476,7 @@ class PostgresPersistence(Persistence):
                 payload,
                 now,
             )
+            await self._notify(conn, SignalStored(instance_id, "signal"))
         return signal_from_record(row)
 
     async def pending_signal(self, instance_id: str) -> SignalRow | None:
@@ -477,6 +498,7 @@ class PostgresPersistence(Persistence):
     async def enqueue_custom_signal(
         self, instance_id: str, name: str, payload: bytes
     ) -> CustomSignalEnqueued:
+        rules.check_custom_signal_payload(payload)
         now = self._clock()
         params = Params(postgres=True)
         wake_sql = claim_signal_waiters_statement(params, rules.plan_wake(now), instance_id, 1)
@@ -494,6 +516,7 @@ class PostgresPersistence(Persistence):
                 now,
             )
             woken = await conn.fetchrow(wake_sql, *params.values)
+            await self._notify(conn, SignalStored(instance_id, "custom", name))
         return CustomSignalEnqueued(
             custom_signal_from_record(row), None if woken is None else instance_from_record(woken)
         )

@@ -147,6 +147,15 @@ def signal_takes_slot(pending: SignalType | None, incoming: SignalType) -> bool:
     return _SIGNAL_RANK[incoming] >= _SIGNAL_RANK[pending]
 
 
+def check_custom_signal_payload(payload: bytes) -> None:
+    """Custom signal payloads are never empty: an empty checkpoint state is how a signal wait
+    records that it timed out (msgpack nil, ``b"\\xc0"``, is the payload "nothing")."""
+    if not payload:
+        raise BadRequest(
+            "a custom signal payload must not be empty; send msgpack nil (0xc0) for no payload"
+        )
+
+
 # --------------------------------------------------------------------------- replay
 
 

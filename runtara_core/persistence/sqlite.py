@@ -578,6 +578,7 @@ class SqlitePersistence(Persistence):
     async def enqueue_custom_signal(
         self, instance_id: str, name: str, payload: bytes
     ) -> CustomSignalEnqueued:
+        rules.check_custom_signal_payload(payload)
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> CustomSignalEnqueued:

@@ -19,7 +19,8 @@ from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicErrorCode
 
-from runtara_core.errors import FrameTooLarge, InternalError, InvalidState, RuntaraError
+from runtara_core.config import Settings
+from runtara_core.errors import BadRequest, FrameTooLarge, InternalError, InvalidState, RuntaraError
 from runtara_core.transport.quic_protocol import RpcConnectionProtocol
 from runtara_core.transport.quic_config import server_configuration, tune_connection
 from runtara_core.transport.tls import ServerTls
@@ -48,6 +49,20 @@ class ServerLimits:
     idle_timeout_s: float = 60.0
     max_buffered_bytes_per_connection: int = 64 * 1024 * 1024
     """Unfinished request bytes one connection may make the server hold across its streams."""
+    max_connections: int = 10_000
+    request_arrival_timeout_s: float = 30.0
+    """How long a request may take to arrive in full after its first bytes."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServerLimits:
+        return cls(
+            max_frame_bytes=settings.max_frame_bytes,
+            max_streams_per_connection=settings.max_streams_per_connection,
+            idle_timeout_s=settings.idle_timeout_s,
+            max_buffered_bytes_per_connection=settings.max_buffered_bytes_per_connection,
+            max_connections=settings.max_connections,
+            request_arrival_timeout_s=settings.request_arrival_timeout_s,
+        )
 
 
 class Session:
@@ -92,6 +107,7 @@ class RpcServerProtocol(RpcConnectionProtocol):
         tune_connection(quic, max_streams_bidi=server.limits.max_streams_per_connection)
         self._server = server
         self._readers: dict[int, SingleFrameReader] = {}
+        self._arrival_deadlines: dict[int, asyncio.TimerHandle] = {}
         self._buffered = 0
         self._refused: set[int] = set()
         self._tasks: dict[int, asyncio.Task[None]] = {}
@@ -113,11 +129,15 @@ class RpcServerProtocol(RpcConnectionProtocol):
 
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         stream_id = event.stream_id
-        if not is_client_bidi(stream_id):
-            return  # clients have no reason to open unidirectional streams; ignore their data
         if stream_id in self._refused:
             if event.end_stream:
                 self._refused.discard(stream_id)
+            return
+        if not is_client_bidi(stream_id):
+            # Clients have no reason to open unidirectional streams: ask the peer to stop.
+            if not event.end_stream:
+                self._refused.add(stream_id)
+                self._quic.stop_stream(stream_id, STREAM_REFUSED)
             return
         try:
             message = self._collect(stream_id, event.data, event.end_stream)
@@ -144,6 +164,10 @@ class RpcServerProtocol(RpcConnectionProtocol):
         reader = self._readers.get(stream_id)
         if reader is None:
             reader = self._readers[stream_id] = SingleFrameReader(self._server.limits.max_frame_bytes)
+            if not end_stream:
+                self._arrival_deadlines[stream_id] = asyncio.get_running_loop().call_later(
+                    self._server.limits.request_arrival_timeout_s, self._arrival_expired, stream_id
+                )
         self._buffered += len(data)
         reader.feed(data)
         if not end_stream:
@@ -155,6 +179,21 @@ class RpcServerProtocol(RpcConnectionProtocol):
         reader = self._readers.pop(stream_id, None)
         if reader is not None:
             self._buffered -= reader.received
+        deadline = self._arrival_deadlines.pop(stream_id, None)
+        if deadline is not None:
+            deadline.cancel()
+
+    def _arrival_expired(self, stream_id: int) -> None:
+        """A request that stalls half-sent would hold its stream credit and buffer forever."""
+        self._arrival_deadlines.pop(stream_id, None)
+        if self.terminated or stream_id not in self._readers:
+            return
+        timeout = self._server.limits.request_arrival_timeout_s
+        self._refuse(
+            stream_id,
+            BadRequest(f"the request did not arrive in full within {timeout:g}s; send it whole"),
+            ended=False,
+        )
 
     def _refuse(self, stream_id: int, error: RuntaraError, *, ended: bool) -> None:
         """Answer a malformed or oversized request with an error and stop reading the stream.
@@ -218,6 +257,9 @@ class RpcServerProtocol(RpcConnectionProtocol):
         for task in list(self._tasks.values()):
             task.cancel()
         self._tasks.clear()
+        for deadline in self._arrival_deadlines.values():
+            deadline.cancel()
+        self._arrival_deadlines.clear()
         self._readers.clear()
         self._buffered = 0
         self._refused.clear()
@@ -279,6 +321,12 @@ class RpcServer:
         if self.draining:
             # Tell the newcomer at once instead of letting its handshake time out.
             asyncio.get_running_loop().call_soon(protocol.shutdown, "server shutting down")
+        elif len(self._connections) > self.limits.max_connections:
+            log.warning("refused a connection: %d open is the limit", self.limits.max_connections)
+            asyncio.get_running_loop().call_soon(
+                protocol.shutdown,
+                f"server has too many connections (limit {self.limits.max_connections}); retry later",
+            )
         elif self._on_connect is not None:
             try:
                 self._on_connect(protocol.session)

@@ -156,6 +156,9 @@ class RegisterResponse(Message):
     input: bytes
     attempt: int
     checkpoints: list[SavedCheckpoint]
+    """Saved checkpoints in save order; states only while they fit the history budget."""
+    history_complete: bool = True
+    """False when the id list itself had to be cut to fit a frame: later ids exist."""
     pending_signal: PendingSignal | None = None
 
 
@@ -179,6 +182,8 @@ class WaitSignalResponse(Message):
     found: bool
     payload: bytes | None = None
     hibernate: bool = False
+    timed_out: bool = False
+    """The wait's checkpoint records a timeout (an empty state, saved by the instance)."""
 
 
 class PollSignalsResponse(Message):
@@ -191,3 +196,24 @@ class StatusResponse(Message):
     checkpoint_id: str | None = None
     attempt: int
     wake_at_ms: int | None = None
+
+
+# --- server pushes (one frame on a server-initiated unidirectional stream) -----------------
+
+
+class SignalPush(Message):
+    """An instance-wide signal became pending; it is also returned by checkpoint / poll_signals."""
+
+    push: Literal["signal"] = "signal"
+    signal_type: SignalName
+    payload: bytes = b""
+
+
+class CustomSignalPush(Message):
+    """A custom signal called ``name`` was queued: a waiting instance should call wait_signal."""
+
+    push: Literal["custom_signal"] = "custom_signal"
+    name: str
+
+
+PUSHES: dict[str, type[Message]] = {"signal": SignalPush, "custom_signal": CustomSignalPush}

@@ -253,11 +253,14 @@ async def test_consumers_on_two_connections_take_each_signal_exactly_once(
 async def test_custom_signal_errors(persistence: Persistence, make_instance: MakeInstance) -> None:
     row = await make_instance(status=RUNNING)
     with pytest.raises(NotFound):
-        await persistence.enqueue_custom_signal("missing", "approval", b"")
+        await persistence.enqueue_custom_signal("missing", "approval", b"x")
     with pytest.raises(NotFound):
         await persistence.consume_custom_signal("missing", "approval", "wait")
     with pytest.raises(BadRequest):
-        await persistence.enqueue_custom_signal(row.instance_id, "", b"")
+        await persistence.enqueue_custom_signal(row.instance_id, "", b"x")
+    with pytest.raises(BadRequest, match="must not be empty"):
+        await persistence.enqueue_custom_signal(row.instance_id, "approval", b"")
+    assert await persistence.list_custom_signals(row.instance_id) == []
     with pytest.raises(BadRequest):
         await persistence.consume_custom_signal(row.instance_id, "approval", "")
     assert await persistence.list_custom_signals("missing", include_consumed=True) == []
@@ -284,7 +287,7 @@ async def test_enqueue_wakes_the_instance_waiting_on_that_name(
     row = await make_instance(status=RUNNING)
     await _hibernate_waiting(persistence, row.instance_id, "approval", clock() + 86_400_000)
 
-    unrelated = await persistence.enqueue_custom_signal(row.instance_id, "other", b"")
+    unrelated = await persistence.enqueue_custom_signal(row.instance_id, "other", b"x")
     matching = await persistence.enqueue_custom_signal(row.instance_id, "approval", b"ok")
     again = await persistence.enqueue_custom_signal(row.instance_id, "approval", b"ok2")
 
@@ -302,8 +305,8 @@ async def test_enqueue_does_not_wake_a_paused_or_sleeping_instance(
     paused = await make_instance(status=SUSPENDED, reason=TerminationReason.PAUSED)
     running = await make_instance(status=RUNNING)
 
-    assert (await persistence.enqueue_custom_signal(paused.instance_id, "x", b"")).woken is None
-    assert (await persistence.enqueue_custom_signal(running.instance_id, "x", b"")).woken is None
+    assert (await persistence.enqueue_custom_signal(paused.instance_id, "x", b"p")).woken is None
+    assert (await persistence.enqueue_custom_signal(running.instance_id, "x", b"p")).woken is None
     after = await persistence.get_instance(paused.instance_id)
     assert after is not None and after.status is SUSPENDED
 

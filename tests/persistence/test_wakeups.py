@@ -124,7 +124,7 @@ async def test_claims_take_instances_that_another_transaction_is_writing_about(
     sleeper = await _sleeping(make_instance, clock() - 1)
     waiter = (await make_instance(status=RUNNING)).instance_id
     queued = (await make_instance(status=RUNNING)).instance_id
-    await persistence.enqueue_custom_signal(queued, "go", b"")
+    await persistence.enqueue_custom_signal(queued, "go", b"go")
     for instance_id, name in ((waiter, "approval"), (queued, "go")):
         await persistence.transition(
             instance_id,
