@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from runtara_core.persistence import Persistence, open_persistence
+from runtara_core.transport.certs import DevCertificates, ensure_dev_certificates
 from runtara_core.persistence.migrations import quote_ident
 
 PG_URL_ENV = "RUNTARA_TEST_DATABASE_URL"
@@ -109,3 +110,9 @@ async def drop_schema(url: str, schema: str) -> None:
 async def persistence(backend: Backend) -> Persistence:
     """A migrated, empty store of each backend, closed by ``backend`` afterwards."""
     return await backend.open()
+
+
+@pytest.fixture(scope="session")
+def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
+    """One development CA and server certificate for every QUIC test of the session."""
+    return ensure_dev_certificates(tmp_path_factory.mktemp("certs"))

@@ -73,6 +73,8 @@ def describe_termination(event: events.ConnectionTerminated) -> str:
     if alert is not None:
         hint = ALERT_HINTS.get(alert)
         return f"TLS handshake refused (alert {alert}): {reason}" + (f": {hint}" if hint else "")
+    if event.error_code == QuicErrorCode.CONNECTION_REFUSED:
+        return f"connection refused by the server: {reason}"
     if event.error_code == QuicErrorCode.APPLICATION_ERROR and not event.reason_phrase:
         # An application close before the handshake is confirmed travels without its reason.
         return "connection closed by the server early in the handshake (is it shutting down?)"

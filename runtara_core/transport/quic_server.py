@@ -17,7 +17,7 @@ from typing import Any
 from aioquic.asyncio.server import QuicServer
 from aioquic.quic import events
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from runtara_core.config import Settings
 from runtara_core.errors import BadRequest, FrameTooLarge, InternalError, InvalidState, RuntaraError
@@ -250,6 +250,20 @@ class RpcServerProtocol(RpcConnectionProtocol):
         self.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase=reason)
         self._terminated()
 
+    def refuse(self, reason: str) -> None:
+        """Turn a new connection away with a reason the client can show.
+
+        A transport-level CONNECTION_REFUSED: an application close sent during the handshake
+        reaches the peer stripped of its reason (RFC 9000 section 10.2.3).
+        """
+        self._quic.close(
+            error_code=QuicErrorCode.CONNECTION_REFUSED,
+            frame_type=QuicFrameType.PADDING,
+            reason_phrase=reason,
+        )
+        self.transmit()
+        self._terminated()
+
     def _terminated(self) -> None:
         if self.terminated:
             return
@@ -320,12 +334,15 @@ class RpcServer:
         self._connections.add(protocol)
         if self.draining:
             # Tell the newcomer at once instead of letting its handshake time out.
-            asyncio.get_running_loop().call_soon(protocol.shutdown, "server shutting down")
+            asyncio.get_running_loop().call_soon(
+                protocol.refuse, "the server is shutting down; retry once it is back"
+            )
         elif len(self._connections) > self.limits.max_connections:
             log.warning("refused a connection: %d open is the limit", self.limits.max_connections)
             asyncio.get_running_loop().call_soon(
-                protocol.shutdown,
-                f"server has too many connections (limit {self.limits.max_connections}); retry later",
+                protocol.refuse,
+                f"the server has too many connections (limit {self.limits.max_connections}); "
+                "retry later",
             )
         elif self._on_connect is not None:
             try:

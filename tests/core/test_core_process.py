@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runtara_core.errors import TransportError, UnknownOp
+from runtara_core.errors import TransportError, Unauthenticated, UnknownOp
 from runtara_core.protocol import INSTANCE_ALPN
 from runtara_core.transport.quic_client import ClientOptions, RpcClient
 from runtara_core.transport.tls import ClientTls
@@ -66,7 +66,11 @@ async def test_core_starts_on_defaults_serves_and_stops_on_sigterm(tmp_path):
         client = await connect_when_up(port, tmp_path / "certs" / "dev-ca.pem", process)
         with pytest.raises(UnknownOp):
             await client.call({"op": "no_such_op"})
+        with pytest.raises(Unauthenticated, match="register"):
+            await client.call({"op": "status"})
         await client.close()
+        secret = tmp_path / "data" / "instance-secret"
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
         assert (tmp_path / "data" / "runtara.db").is_file()
         for key in (tmp_path / "certs").glob("*.key"):
             assert stat.S_IMODE(key.stat().st_mode) == 0o600

@@ -7,17 +7,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from runtara_core.transport.certs import DevCertificates, ensure_dev_certificates
+from runtara_core.transport.certs import DevCertificates
 from runtara_core.transport.quic_client import ClientOptions, RpcClient
 from runtara_core.transport.quic_server import RpcServer, ServerLimits, Session
 from runtara_core.transport.tls import ClientTls, ServerTls
 from tests.transport.echo_service import ALPN, Recorder, echo_routes
 
-
-
-@pytest.fixture(scope="session")
-def dev_certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
-    return ensure_dev_certificates(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture

@@ -306,3 +306,40 @@ async def test_sessions_report_their_end_to_the_service(dev_certs, make_client, 
         assert set(ended) == set(opened) and all(s.closed for s in ended)
     finally:
         await server.stop(grace_s=0.1)
+
+
+async def test_a_request_that_never_arrives_in_full_is_refused_after_the_deadline(start_server, make_client):
+    server = await start_server(limits=ServerLimits(request_arrival_timeout_s=0.3))
+    client = await make_client(server.address[1])
+    quic = client._protocol._quic  # a stalled client: a frame header, then nothing
+    for _ in range(50):
+        quic.send_stream_data(quic.get_next_available_stream_id(), struct.pack(">I", 100) + b"abc")
+    client._protocol.transmit()
+    (connection,) = server._connections
+    async with asyncio.timeout(5):
+        while not connection._readers:
+            await asyncio.sleep(0.01)
+        while connection._readers:  # every stalled stream is refused once its deadline passes
+            await asyncio.sleep(0.05)
+    assert connection.buffered_bytes == 0 and not connection._arrival_deadlines
+    assert (await client.call(Echo(text="fine")))["text"] == "fine"
+
+
+async def test_connections_over_the_cap_are_refused_with_a_reason(start_server, make_client):
+    server = await start_server(limits=ServerLimits(max_connections=2))
+    first = await make_client(server.address[1])
+    await make_client(server.address[1])
+    with pytest.raises(TransportError, match="too many connections"):
+        await make_client(server.address[1], options=ClientOptions(connect_timeout_s=5))
+    assert (await first.call(Echo(text="still served")))["text"] == "still served"
+
+
+async def test_client_unidirectional_streams_are_stopped_and_ignored(client, server):
+    quic = client._protocol._quic
+    for _ in range(20):
+        quic.send_stream_data(quic.get_next_available_stream_id(is_unidirectional=True), b"x" * 1000)
+    client._protocol.transmit()
+    await asyncio.sleep(0.2)
+    (connection,) = server._connections
+    assert connection.buffered_bytes == 0 and not connection._readers
+    assert (await client.call(Echo(text="ok")))["text"] == "ok"
