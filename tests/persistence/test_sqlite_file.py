@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runtara_core.errors import ConfigError
+from runtara_core.errors import ConfigError, NotFound
 from runtara_core.persistence import InstanceStatus, NewInstance, open_persistence, rules
 from runtara_core.persistence.factory import sqlite_path
 from runtara_core.persistence.sqlbuild import (
@@ -129,3 +129,53 @@ async def test_two_stores_on_one_file_share_state_and_serialize_writes(tmp_path:
         await a.close()
         await b.close()
     assert os.path.getsize(path) > 0
+
+
+def test_a_group_commit_rolls_back_only_the_write_that_failed() -> None:
+    from runtara_core.persistence.sqlite import _group_tx
+
+    with closing(sqlite3.connect(":memory:", isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE t (v INTEGER)")
+
+        def insert(value: int, fail: bool = False) -> Any:
+            def tx(c: sqlite3.Connection) -> int:
+                c.execute("INSERT INTO t VALUES (?)", (value,))
+                if fail:
+                    raise ValueError(f"write {value} failed after writing")
+                return value
+
+            return tx
+
+        outcomes = _group_tx([insert(1), insert(2, fail=True), insert(3)], conn)
+        assert outcomes[0] == 1 and outcomes[2] == 3
+        assert isinstance(outcomes[1], ValueError)
+        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 3]
+        assert not conn.in_transaction
+
+
+async def test_concurrent_writes_are_committed_together_and_fail_alone(tmp_path: Path) -> None:
+    store = await SqlitePersistence.open(tmp_path / "g.db", clock=FakeClock())
+    try:
+        await store.create_image(new_image("img"))
+        for n in range(50):
+            await store.create_instance(NewInstance(instance_id=f"i{n}", image_id="img"))
+        hops = 0
+        run = store._db.run
+
+        async def counting_run(fn: Any) -> Any:
+            nonlocal hops
+            hops += 1
+            return await run(fn)
+
+        store._db.run = counting_run  # type: ignore[method-assign]
+        calls = [store.save_checkpoint_if_absent(f"i{n}", "step", f"s{n}".encode()) for n in range(50)]
+        calls.append(store.save_checkpoint_if_absent("missing", "step", b"x"))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert hops < 10  # 51 writes, a handful of transactions
+        assert all(r.saved for r in results[:50])  # type: ignore[union-attr]
+        assert isinstance(results[50], NotFound)
+        for n in range(50):
+            row = await store.get_checkpoint(f"i{n}", "step")
+            assert row is not None and row.state == f"s{n}".encode()
+    finally:
+        await store.close()
