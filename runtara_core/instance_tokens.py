@@ -33,7 +33,8 @@ class InstanceTokens:
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def verify(self, token: str, instance_id: str, attempt: int) -> bool:
-        return hmac.compare_digest(self.mint(instance_id, attempt), token)
+        # As bytes: compare_digest refuses str with non-ASCII characters.
+        return hmac.compare_digest(self.mint(instance_id, attempt).encode(), token.encode("utf-8", "replace"))
 
 
 def secret_path(settings: Settings) -> Path:

@@ -26,7 +26,7 @@ def read_or_create_secret(path: Path) -> str:
     if existing is not None:
         return existing
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, (new_secret() + "\n").encode())
@@ -35,6 +35,7 @@ def read_or_create_secret(path: Path) -> str:
         os.close(fd)
     try:
         os.link(tmp, path)  # atomic, and refuses to replace a secret another process wrote
+        _fsync_dir(path.parent)  # a crash must not forget the secret that tokens were minted with
     except FileExistsError:
         pass
     finally:
@@ -43,6 +44,14 @@ def read_or_create_secret(path: Path) -> str:
     if stored is None:
         raise ConfigError(f"secret file {path} is empty; delete it to have a new one generated")
     return stored
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> str | None:

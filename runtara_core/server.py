@@ -92,11 +92,18 @@ class CoreServer:
         return self._connected.connected_count if self._connected else 0
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop accepting, finish in-flight RPCs (bounded), close what this server opened."""
-        if self._rpc is not None:
-            await self._rpc.stop(grace_s)
+        """Stop accepting, finish in-flight RPCs, close what this server opened.
+
+        RPCs still running after ``grace_s`` are cancelled; a database call they started
+        cannot be interrupted and is waited for (on SQLite at most the busy timeout), so a
+        write is either committed or not, never half done.
+        """
+        try:
+            if self._rpc is not None:
+                await self._rpc.stop(grace_s)
+        finally:
             self._rpc = None
-        await self._release()
+            await self._release()
 
     async def _release(self) -> None:
         if self._listener is not None:

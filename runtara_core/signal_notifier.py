@@ -22,6 +22,8 @@ class SignalStored:
     """``signal``: the instance-wide slot (cancel, pause, resume); ``custom``: a named queue."""
     name: str | None = None
     """The custom signal's name."""
+    signal_id: int | None = None
+    """The custom signal's id, so one heard twice (in-process and via NOTIFY) is pushed once."""
 
 
 Subscriber = Callable[[SignalStored], None]
@@ -46,5 +48,5 @@ class SignalNotifier:
     def signal_stored(self, instance_id: str) -> None:
         self.notify(SignalStored(instance_id, "signal"))
 
-    def custom_signal_stored(self, instance_id: str, name: str) -> None:
-        self.notify(SignalStored(instance_id, "custom", name))
+    def custom_signal_stored(self, instance_id: str, name: str, signal_id: int | None = None) -> None:
+        self.notify(SignalStored(instance_id, "custom", name, signal_id))

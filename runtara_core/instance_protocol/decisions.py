@@ -15,8 +15,10 @@ TIMEOUT_STATE = b""
 """The checkpoint state that records a signal wait's timeout (custom signal payloads are never
 empty, so no delivered signal can look like it)."""
 
-ID_OVERHEAD_BYTES = 16
-"""Allowance for the msgpack framing of one history entry beside its id and state."""
+ENTRY_OVERHEAD_BYTES = 32
+"""An upper bound on the msgpack framing of one history entry beside its id and state bytes:
+map header 1, keys "checkpoint_id" 14 and "state" 6, a str header up to 3, a bin header up to 5
+(or nil)."""
 RESPONSE_SLACK_BYTES = 64 * 1024
 """Room left in a register response for everything except input and history."""
 
@@ -38,7 +40,7 @@ class SleepRecord:
             body = msgpack.unpackb(data, raw=False)
         except (ValueError, msgpack.UnpackException):
             return None
-        if not isinstance(body, dict) or body.get(_SLEEP_TAG) != 1:
+        if not isinstance(body, dict) or type(body.get(_SLEEP_TAG)) is not int or body[_SLEEP_TAG] != 1:
             return None
         wake_at, state = body.get("wake_at_ms"), body.get("state", b"")
         if not isinstance(wake_at, int) or isinstance(wake_at, bool) or not isinstance(state, bytes):
@@ -77,7 +79,7 @@ def register_history(
     used = 0
     history: list[SavedCheckpoint] = []
     for entry in entries:
-        size = len(entry.checkpoint_id.encode()) + ID_OVERHEAD_BYTES
+        size = len(entry.checkpoint_id.encode()) + ENTRY_OVERHEAD_BYTES
         size += len(entry.state) if entry.state is not None else 0
         if used + size > room:
             return history, False

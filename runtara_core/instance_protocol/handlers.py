@@ -7,8 +7,10 @@ hibernated, paused, cancelled): persistence would accept them, the lifecycle mus
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import weakref
 from typing import Any
 
 from runtara_core.errors import (
@@ -103,6 +105,7 @@ class InstanceService:
         self._history_budget = history_budget_bytes
         self._hibernate_after = hibernate_after_ms
         self._clock = clock
+        self._registering: weakref.WeakKeyDictionary[Session, asyncio.Lock] = weakref.WeakKeyDictionary()
 
     def routes(self) -> dict[str, Route[Any, Session]]:
         return routes(
@@ -127,11 +130,20 @@ class InstanceService:
                 f"the token is not valid for instance {instance_id!r} attempt {attempt}; "
                 "use the RUNTARA_INSTANCE_TOKEN the environment gave this launch"
             )
+        # One register at a time per connection, so two cannot bind it to two instances.
+        lock = self._registering.setdefault(session, asyncio.Lock())
+        async with lock:
+            return await self._register(request, session)
+
+    async def _register(self, request: RegisterRequest, session: Session) -> RegisterResponse:
+        instance_id, attempt = request.instance_id, request.attempt
         current = session.state
-        if isinstance(current, InstanceBinding) and current.instance_id != instance_id:
+        if isinstance(current, InstanceBinding) and (
+            current.instance_id != instance_id or current.attempt != attempt
+        ):
             raise Forbidden(
-                f"this connection is registered as instance {current.instance_id!r}; "
-                "open a new connection to act for another instance"
+                f"this connection is registered as instance {current.instance_id!r} attempt "
+                f"{current.attempt}; open a new connection to act for another launch"
             )
         row = await self._db.get_instance(instance_id)
         if row is None:

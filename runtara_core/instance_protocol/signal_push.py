@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 
 from runtara_core.persistence import Persistence
 from runtara_core.signal_notifier import SignalStored
@@ -23,6 +24,7 @@ class ConnectedInstances:
         self._persistence = persistence
         self._sessions: dict[str, set[Session]] = {}
         self._last_pushed: dict[str, tuple[str, int]] = {}
+        self._pushed_custom: dict[str, deque[int]] = {}
         self._dirty: set[str] = set()
         self._refreshers: dict[str, asyncio.Task[None]] = {}
 
@@ -40,9 +42,7 @@ class ConnectedInstances:
         if not sessions:
             del self._sessions[instance_id]
             self._last_pushed.pop(instance_id, None)
-
-    def is_connected(self, instance_id: str) -> bool:
-        return instance_id in self._sessions
+            self._pushed_custom.pop(instance_id, None)
 
     @property
     def connected_count(self) -> int:
@@ -53,33 +53,44 @@ class ConnectedInstances:
         if event.instance_id not in self._sessions:
             return  # connected elsewhere, or not at all: it will poll
         if event.kind == "custom":
-            if event.name is not None:
+            if event.name is not None and self._first_hearing(event.instance_id, event.signal_id):
                 self._send(event.instance_id, CustomSignalPush(name=event.name))
             return
         # The slot's content must be read: coalesce bursts into one read per instance.
         self._dirty.add(event.instance_id)
         if event.instance_id not in self._refreshers:
-            task = asyncio.create_task(self._push_slot(event.instance_id))
-            self._refreshers[event.instance_id] = task
-            task.add_done_callback(lambda _t, i=event.instance_id: self._refreshers.pop(i, None))
+            self._refreshers[event.instance_id] = asyncio.create_task(self._push_slot(event.instance_id))
+
+    def _first_hearing(self, instance_id: str, signal_id: int | None) -> bool:
+        """False for a custom signal already pushed (heard in-process and through NOTIFY)."""
+        if signal_id is None:
+            return True
+        seen = self._pushed_custom.setdefault(instance_id, deque(maxlen=64))
+        if signal_id in seen:
+            return False
+        seen.append(signal_id)
+        return True
 
     async def _push_slot(self, instance_id: str) -> None:
-        while instance_id in self._dirty:
-            self._dirty.discard(instance_id)
-            try:
+        try:
+            while instance_id in self._dirty:
+                self._dirty.discard(instance_id)
                 pending = await self._persistence.pending_signal(instance_id)
-            except Exception:
-                log.exception("could not read the pending signal of %r to push it", instance_id)
-                return
-            if pending is None:
-                continue
-            key = (pending.signal_type.value, pending.created_at_ms)
-            if self._last_pushed.get(instance_id) == key:
-                continue  # the same signal, heard twice (in-process and NOTIFY)
-            if self._send(
-                instance_id, SignalPush(signal_type=pending.signal_type.value, payload=pending.payload)
-            ):
-                self._last_pushed[instance_id] = key
+                if pending is None:
+                    continue
+                key = (pending.signal_type.value, pending.created_at_ms)
+                if self._last_pushed.get(instance_id) == key:
+                    continue  # the same signal, heard twice (in-process and NOTIFY)
+                push = SignalPush(signal_type=pending.signal_type.value, payload=pending.payload)
+                if self._send(instance_id, push):
+                    self._last_pushed[instance_id] = key
+        except Exception:
+            log.exception("could not read the pending signal of %r to push it", instance_id)
+        finally:
+            # Here, not in a done callback: a notification arriving between the loop's last
+            # check and a callback run would find a finished task registered and be dropped.
+            self._refreshers.pop(instance_id, None)
+            self._dirty.discard(instance_id)
 
     def _send(self, instance_id: str, message: SignalPush | CustomSignalPush) -> bool:
         sent = False

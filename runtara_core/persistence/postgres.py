@@ -516,7 +516,7 @@ class PostgresPersistence(Persistence):
                 now,
             )
             woken = await conn.fetchrow(wake_sql, *params.values)
-            await self._notify(conn, SignalStored(instance_id, "custom", name))
+            await self._notify(conn, SignalStored(instance_id, "custom", name, row["id"]))
         return CustomSignalEnqueued(
             custom_signal_from_record(row), None if woken is None else instance_from_record(woken)
         )

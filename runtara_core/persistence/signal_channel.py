@@ -9,6 +9,7 @@ tests) apart but notifications are database-wide.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -24,14 +25,26 @@ log = logging.getLogger(__name__)
 CHANNEL_PREFIX = "runtara_signals"
 
 
+MAX_IDENTIFIER = 63
+
+
 def channel_name(schema: str | None) -> str:
-    return CHANNEL_PREFIX if schema is None else f"{CHANNEL_PREFIX}_{schema}"[:63]
+    """The channel of one schema; a long schema name is hashed rather than cut, so two schemas
+    sharing a prefix never share a channel."""
+    if schema is None:
+        return CHANNEL_PREFIX
+    name = f"{CHANNEL_PREFIX}_{schema}"
+    if len(name) <= MAX_IDENTIFIER:
+        return name
+    return f"{CHANNEL_PREFIX}_{hashlib.sha256(schema.encode()).hexdigest()[:32]}"
 
 
 def encode_notification(event: SignalStored) -> str:
     body: dict[str, Any] = {"i": event.instance_id, "k": event.kind}
     if event.name is not None:
         body["n"] = event.name
+    if event.signal_id is not None:
+        body["s"] = event.signal_id
     return json.dumps(body, separators=(",", ":"))
 
 
@@ -39,14 +52,16 @@ def decode_notification(payload: str) -> SignalStored | None:
     """None for anything that is not one of ours (anyone may NOTIFY on a channel)."""
     try:
         body = json.loads(payload)
-        instance_id, kind, name = body["i"], body["k"], body.get("n")
-    except (ValueError, TypeError, KeyError):
+        instance_id, kind, name, signal_id = body["i"], body["k"], body.get("n"), body.get("s")
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
     if not isinstance(instance_id, str) or kind not in ("signal", "custom"):
         return None
     if name is not None and not isinstance(name, str):
         return None
-    return SignalStored(instance_id, kind, name)
+    if signal_id is not None and (not isinstance(signal_id, int) or isinstance(signal_id, bool)):
+        return None
+    return SignalStored(instance_id, kind, name, signal_id)
 
 
 class PostgresSignalListener:
@@ -85,9 +100,13 @@ class PostgresSignalListener:
 
     async def _listen(self) -> None:
         conn = await self._connect()
-        self._lost.clear()
-        conn.add_termination_listener(lambda _c: self._lost.set())
-        await conn.add_listener(self._channel, self._received)
+        try:
+            self._lost.clear()
+            conn.add_termination_listener(lambda _c: self._lost.set())
+            await conn.add_listener(self._channel, self._received)
+        except BaseException:
+            conn.terminate()  # cancelled (close() during a reconnect) or failed: do not leak it
+            raise
         self._conn = conn
         log.debug("listening for signals on %s", self._channel)
 

@@ -157,7 +157,8 @@ class _GroupCommit:
 
     SQLite has one writer, and with synchronous=FULL every commit waits for an fsync: under
     load, committing what queued up meanwhile as one transaction turns N fsyncs and N thread
-    hops into one of each. An idle store commits each write at once, so latency is unchanged.
+    hops into one of each. A write that finds the store idle commits at once, on its own
+    caller's task (no extra task or future), so latency is unchanged when there is no queue.
     """
 
     MAX_GROUP = 256
@@ -165,16 +166,27 @@ class _GroupCommit:
     def __init__(self, db: _Connection) -> None:
         self._db = db
         self._queue: list[tuple[Tx[Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._busy = False
 
     async def run(self, fn: Tx[T]) -> T:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append((fn, future))
-        if self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._flush())
-        return await future
+        if self._busy:
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._queue.append((fn, future))
+            return await future
+        self._busy = True
+        try:
+            (outcome,) = await self._db.run(partial(_group_tx, [fn]))
+        finally:
+            if self._queue:
+                asyncio.ensure_future(self._drain())  # stays busy until the queue is empty
+            else:
+                self._busy = False
+        if isinstance(outcome, Exception):
+            raise outcome
+        result: T = outcome
+        return result
 
-    async def _flush(self) -> None:
+    async def _drain(self) -> None:
         try:
             while self._queue:
                 group = self._queue[: self.MAX_GROUP]
@@ -196,7 +208,11 @@ class _GroupCommit:
                     else:
                         future.set_result(outcome)
         finally:
-            self._flusher = None
+            self._busy = False
+            for _, future in self._queue:  # only if cancelled mid-drain (the store is closing)
+                if not future.done():
+                    future.set_exception(ConnectionError("the SQLite store is closing"))
+            self._queue.clear()
 
 
 def _read_tx(fn: Tx[T], conn: sqlite3.Connection) -> T:

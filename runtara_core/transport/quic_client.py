@@ -152,6 +152,7 @@ class _ClientProtocol(RpcConnectionProtocol):
                     message = reader.finish()
                     if not future.done():
                         future.set_result(message)
+                        self.expect_reply()  # callers usually follow up: our ACK rides on that
             except RuntaraError as error:
                 self._pending.pop(stream_id, None)
                 if not future.done():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aioquic import tls
@@ -16,13 +17,40 @@ class RpcConnectionProtocol(QuicConnectionProtocol):
     closing there is nothing left to send, so transmitting stops and the timer is dropped.
     """
 
+    REPLY_GRACE_S = 0.005
+    """How long a received datagram that someone will answer may wait for that answer before
+    whatever else it made due (an ACK, say) is sent on its own."""
+
+    _reply_expected = False
+
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         # aioquic transmits right after every datagram, before our handlers have answered: a
         # packet-building pass that usually sends nothing. Deferring to the end of the loop
         # iteration makes it one pass, and lets answers finished in the same turn share packets.
+        # When the datagram started work that will send (a request being served, a response a
+        # caller will follow up), the pass waits for that send, up to REPLY_GRACE_S.
         self._quic.receive_datagram(bytes(data), addr, now=self._loop.time())
+        self._reply_expected = False
         self._process_events()
-        self._transmit_soon()
+        if self._reply_expected:
+            self._transmit_later(self.REPLY_GRACE_S)
+        else:
+            self._transmit_soon()
+
+    def expect_reply(self) -> None:
+        """Called while handling a received event: this side will send something soon."""
+        self._reply_expected = True
+
+    def _transmit_later(self, delay: float) -> None:
+        if self._transmit_task is None:
+            self._transmit_task = self._loop.call_later(delay, self.transmit)
+
+    def _transmit_soon(self) -> None:
+        pending = self._transmit_task
+        if isinstance(pending, asyncio.TimerHandle):  # a grace-period pass: now it is due
+            pending.cancel()
+            self._transmit_task = None
+        super()._transmit_soon()
 
     def send_soon(self) -> None:
         """Transmit queued stream data at the end of this loop iteration, carrying any ACK we owe.

@@ -50,6 +50,8 @@ class ServerLimits:
     max_buffered_bytes_per_connection: int = 64 * 1024 * 1024
     """Unfinished request bytes one connection may make the server hold across its streams."""
     max_connections: int = 10_000
+    handshake_timeout_s: float = 10.0
+    """A connection that has not completed its handshake by then is closed (frees its slot)."""
     request_arrival_timeout_s: float = 30.0
     """How long a request may take to arrive in full after its first bytes."""
 
@@ -113,6 +115,10 @@ class RpcServerProtocol(RpcConnectionProtocol):
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self.terminated = False
         self.session = Session(self)
+        # A peer that starts a handshake and never finishes would hold a connection slot.
+        self._handshake_deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            server.limits.handshake_timeout_s, self._handshake_expired
+        )
 
     # -- events -------------------------------------------------------------------------------
 
@@ -122,10 +128,25 @@ class RpcServerProtocol(RpcConnectionProtocol):
         elif isinstance(event, events.StreamReset):
             self._abandon(event.stream_id)  # the request will never arrive in full
         elif isinstance(event, events.StopSendingReceived):
-            self._abandon(event.stream_id)  # the client no longer wants the answer
-            self._refused.add(event.stream_id)
+            # The client no longer wants the answer; ignore the rest of a request still arriving.
+            if event.stream_id in self._readers:
+                self._refused.add(event.stream_id)
+            self._abandon(event.stream_id)
+        elif isinstance(event, events.HandshakeCompleted):
+            self._cancel_handshake_deadline()
         elif isinstance(event, events.ConnectionTerminated):
             self._terminated()
+
+    def _handshake_expired(self) -> None:
+        self._handshake_deadline = None
+        if not self.terminated:
+            timeout = self._server.limits.handshake_timeout_s
+            self.refuse(f"the handshake did not complete within {timeout:g}s")
+
+    def _cancel_handshake_deadline(self) -> None:
+        if self._handshake_deadline is not None:
+            self._handshake_deadline.cancel()
+            self._handshake_deadline = None
 
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         stream_id = event.stream_id
@@ -150,6 +171,7 @@ class RpcServerProtocol(RpcConnectionProtocol):
             self._respond(stream_id, error_response(SHUTTING_DOWN))
             return
         task = asyncio.ensure_future(self._serve(stream_id, message))
+        self.expect_reply()
         self._tasks[stream_id] = task
         task.add_done_callback(lambda _t, sid=stream_id: self._tasks.pop(sid, None))
 
@@ -228,7 +250,7 @@ class RpcServerProtocol(RpcConnectionProtocol):
         self.send_soon()
 
     def push(self, message: Message | Mapping[str, Any]) -> bool:
-        if self.terminated:
+        if self.terminated or not self._has_push_credit():
             return False
         body = message.to_wire() if isinstance(message, Message) else dict(message)
         stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
@@ -237,6 +259,15 @@ class RpcServerProtocol(RpcConnectionProtocol):
         )
         self.send_soon()
         return True
+
+    def _has_push_credit(self) -> bool:
+        """Whether the client allows one more unidirectional stream now (aioquic private state).
+
+        Beyond it aioquic would queue pushes in memory without bound; a push is best effort,
+        so one the client has no room for is dropped.
+        """
+        quic = self._quic
+        return quic._local_next_stream_id_uni // 4 < quic._remote_max_streams_uni
 
     def _abandon(self, stream_id: int) -> None:
         self._drop_reader(stream_id)
@@ -268,6 +299,7 @@ class RpcServerProtocol(RpcConnectionProtocol):
         if self.terminated:
             return
         self.terminated = True
+        self._cancel_handshake_deadline()
         for task in list(self._tasks.values()):
             task.cancel()
         self._tasks.clear()

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from runtara_core.errors import BadRequest
+from runtara_core.persistence.rows import check_id
 
-Identifier = Annotated[str, Field(min_length=1, max_length=256)]
-NonNegativeInt = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+def _storable_id(value: str) -> str:
+    """The rule persistence applies to ids, checked here so the error names the wire field."""
+    try:
+        check_id("id", value)
+    except BadRequest as error:
+        raise ValueError(error.message.removeprefix("id ")) from None
+    return value
+
+
+MAX_DURATION_MS = 100 * 365 * 24 * 3600 * 1000
+"""A century: long enough for any real wait, small enough that now + duration fits int64."""
+
+Identifier = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_storable_id)]
+DurationMs = Annotated[int, Field(ge=0, le=MAX_DURATION_MS)]
 SignalName = Literal["cancel", "pause", "resume"]
 EventKind = Literal["heartbeat", "completed", "failed", "suspended", "custom"]
 
@@ -42,7 +56,7 @@ def describe_validation_error(error: ValidationError, what: str) -> str:
     field = ".".join(str(part) for part in first["loc"]) or "(message)"
     if first["type"] == "missing":
         return f"{what}: missing field '{field}'"
-    return f"{what}: field '{field}' is invalid: {first['msg']}"
+    return f"{what}: field '{field}' is invalid: {first['msg'].removeprefix('Value error, ')}"
 
 
 def validate_message(model: type[M], fields: dict[str, Any], what: str) -> M:
@@ -90,7 +104,7 @@ class GetCheckpointRequest(Request):
 class SleepRequest(Request):
     op = "sleep"
     checkpoint_id: Identifier
-    duration_ms: NonNegativeInt
+    duration_ms: DurationMs
     state: bytes = b""
 
 
@@ -98,7 +112,7 @@ class WaitSignalRequest(Request):
     op = "wait_signal"
     name: Identifier
     checkpoint_id: Identifier
-    timeout_ms: NonNegativeInt | None = None
+    timeout_ms: DurationMs | None = None
 
 
 class PollSignalsRequest(Request):
@@ -214,6 +228,3 @@ class CustomSignalPush(Message):
 
     push: Literal["custom_signal"] = "custom_signal"
     name: str
-
-
-PUSHES: dict[str, type[Message]] = {"signal": SignalPush, "custom_signal": CustomSignalPush}

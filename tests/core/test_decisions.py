@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runtara_core.instance_protocol.decisions import (
+    ENTRY_OVERHEAD_BYTES,
     RESPONSE_SLACK_BYTES,
     SleepRecord,
     history_state_budget,
@@ -56,7 +57,7 @@ def test_register_history_keeps_a_prefix_that_fits() -> None:
     history, complete = register_history(entries, 10**6, 0)
     assert complete and [h.checkpoint_id for h in history] == [e.checkpoint_id for e in entries]
     assert [h.state for h in history] == [e.state for e in entries]
-    room = RESPONSE_SLACK_BYTES + 3 * (len("step-0") + 16 + 100) + 2 * (len("step-3") + 16)
+    room = RESPONSE_SLACK_BYTES + 3 * (len("step-0") + ENTRY_OVERHEAD_BYTES + 100) + 2 * (len("step-3") + ENTRY_OVERHEAD_BYTES)
     history, complete = register_history(entries, room, 0)
     assert not complete and len(history) == 5
     history, complete = register_history(entries, room + 1000, 1000)  # the input takes its share
@@ -72,3 +73,24 @@ def test_notifications_round_trip(instance_id: str, kind: str, name: str | None)
 def test_foreign_notifications_are_ignored() -> None:
     for payload in ("", "hello", "[]", '{"i": 1, "k": "signal"}', '{"i": "x", "k": "other"}', '{"i": "x", "k": "custom", "n": 5}'):
         assert decode_notification(payload) is None
+
+
+def test_long_schema_names_get_distinct_channels() -> None:
+    from runtara_core.persistence.signal_channel import channel_name
+
+    a, b = "tenant_" + "x" * 60 + "_a", "tenant_" + "x" * 60 + "_b"
+    assert channel_name(a) != channel_name(b)
+    assert len(channel_name(a)) <= 63 and channel_name(None) == "runtara_signals"
+    assert channel_name("short") == "runtara_signals_short"
+
+
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=80), st.none() | st.binary(max_size=300)), max_size=60))
+def test_a_history_that_fits_the_budget_really_fits(entries: list[tuple[str, bytes | None]]) -> None:
+    """The size estimate is an upper bound on the real msgpack encoding."""
+    import msgpack
+
+    replay = [ReplayEntry(cid, state) for cid, state in entries]
+    frame = RESPONSE_SLACK_BYTES + 4000
+    history, _ = register_history(replay, frame, 0)
+    encoded = msgpack.packb([h.to_wire() for h in history])
+    assert len(encoded) <= 4000 + 5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from runtara_core.errors import Forbidden, InvalidState, NotFound, Unauthenticated
@@ -188,3 +190,48 @@ async def test_every_op_before_register_is_unauthenticated(core: Core, request_)
         await client.call(request_)
     assert await core.status(row.instance_id) is InstanceStatus.PENDING
     assert (await core.persistence.list_checkpoints(row.instance_id)).total == 0
+
+
+async def test_a_long_history_of_short_ids_is_cut_to_fit_a_frame(start_core) -> None:
+    frame = 128 * 1024
+    core: Core = await start_core(max_frame_bytes=frame, max_buffered_bytes_per_connection=frame)
+    client, row = await core.running_instance()
+    # ~64 kB of room after the slack; each entry is a short id plus ~25 bytes of framing.
+    for start in range(0, 4_000, 500):
+        await asyncio.gather(
+            *(
+                client.request(CheckpointRequest(checkpoint_id=f"s{n}", state=b""), CheckpointResponse)
+                for n in range(start, start + 500)
+            )
+        )
+    _, response = await core.register(row.instance_id)
+    assert not response.history_complete
+    assert 1_000 < len(response.checkpoints) < 4_000
+
+
+async def test_a_token_with_non_ascii_characters_is_unauthenticated_not_internal(core: Core) -> None:
+    row = await core.new_instance()
+    client = await core.client()
+    with pytest.raises(Unauthenticated):
+        await client.request(
+            RegisterRequest(instance_id=row.instance_id, token="é" * 43, attempt=1), RegisterResponse
+        )
+
+
+async def test_concurrent_registers_cannot_bind_one_connection_to_two_instances(core: Core) -> None:
+    first, second = await core.new_instance(), await core.new_instance()
+    client = await core.client()
+    results = await asyncio.gather(
+        *(
+            client.request(
+                RegisterRequest(instance_id=row.instance_id, token=core.token(row.instance_id), attempt=1),
+                RegisterResponse,
+            )
+            for row in (first, second)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, RegisterResponse) for r in results) == 1
+    assert sum(isinstance(r, Forbidden) for r in results) == 1
+    statuses = {await core.status(first.instance_id), await core.status(second.instance_id)}
+    assert statuses == {InstanceStatus.RUNNING, InstanceStatus.PENDING}

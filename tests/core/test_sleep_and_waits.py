@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from runtara_core.errors import Conflict, InvalidState
+from runtara_core.errors import BadRequest, Conflict, InvalidState
 from runtara_core.persistence import InstanceStatus, TerminationReason
 from runtara_core.transport.quic_client import RpcClient
 from runtara_core.wire.messages import (
@@ -196,3 +196,19 @@ async def test_a_client_killed_between_consume_and_response_loses_nothing(core: 
             assert [(c.checkpoint_id, c.state) for c in registered.checkpoints] == [
                 ("w", f"payload {trial}".encode())
             ]
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        SleepRequest(checkpoint_id="s", duration_ms=0).model_copy(update={"duration_ms": 2**62}),
+        WaitSignalRequest(name="n", checkpoint_id="w").model_copy(update={"timeout_ms": 2**62}),
+    ],
+    ids=["sleep", "wait_signal"],
+)
+async def test_an_absurd_duration_is_refused_and_changes_nothing(core: Core, request_) -> None:
+    client, row = await core.running_instance()
+    with pytest.raises(BadRequest, match="duration_ms|timeout_ms"):
+        await client.call(request_.to_wire())
+    assert (await core.persistence.list_checkpoints(row.instance_id)).total == 0
+    assert await core.status(row.instance_id) is InstanceStatus.RUNNING

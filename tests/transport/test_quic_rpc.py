@@ -343,3 +343,48 @@ async def test_client_unidirectional_streams_are_stopped_and_ignored(client, ser
     (connection,) = server._connections
     assert connection.buffered_bytes == 0 and not connection._readers
     assert (await client.call(Echo(text="ok")))["text"] == "ok"
+
+
+async def test_half_open_handshakes_are_dropped_and_free_their_slots(start_server, make_client, dev_certs):
+    import socket
+
+    from aioquic.quic.configuration import QuicConfiguration
+    from aioquic.quic.connection import QuicConnection
+
+    from tests.transport.echo_service import ALPN
+
+    server = await start_server(limits=ServerLimits(max_connections=3, handshake_timeout_s=0.5))
+    port = server.address[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        for _ in range(3):  # the first flight of a handshake each, never continued
+            quic = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN]))
+            quic.connect(("127.0.0.1", port), now=0.0)
+            first, _ = quic.datagrams_to_send(now=0.0)[0]
+            raw.sendto(first, ("127.0.0.1", port))
+        await asyncio.sleep(0.1)
+        assert server.connection_count == 3
+        with pytest.raises(TransportError, match="too many connections"):
+            await make_client(port, options=ClientOptions(connect_timeout_s=5))
+        async with asyncio.timeout(5):
+            while server.connection_count:
+                await asyncio.sleep(0.05)
+    client = await make_client(port)
+    assert (await client.call(Echo(text="in"))) ["text"] == "in"
+
+
+async def test_pushes_beyond_the_clients_stream_credit_are_dropped(server, make_client):
+    from runtara_core.transport.quic_server import Session
+
+    received: list = []
+    client = await make_client(server.address[1], on_push=received.append)
+    await client.call(Echo(text="hi"))
+    (connection,) = server._connections
+    session: Session = connection.session
+    quic = connection._quic
+    credit = quic._remote_max_streams_uni - quic._local_next_stream_id_uni // 4
+    sent = [session.push({"n": n}) for n in range(credit + 50)]
+    assert sent.count(False) >= 50  # not queued in memory without bound
+    async with asyncio.timeout(5):
+        while len(received) < sent.count(True):
+            await asyncio.sleep(0.02)
+    assert (await client.call(Echo(text="ok")))["text"] == "ok"
