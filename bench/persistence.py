@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,15 +124,21 @@ def bench_raw_sqlite(path: Path, instance_id: str, state: bytes, ops: int) -> Re
 
 
 async def bench_raw_postgres(
-    url: str, schema: str, instance_ids: list[str], state: bytes, ops: int
+    url: str,
+    schema: str,
+    instance_ids: list[str],
+    state: bytes,
+    ops: int,
+    writer_counts: Sequence[int] = (1, WRITERS),
 ) -> list[Result]:
     sql = RAW_INSERT.format("$1", "$2", "$3", "$4")
+    size = max(writer_counts)
     pool = await asyncpg.create_pool(
-        url, min_size=WRITERS, max_size=WRITERS, server_settings={"search_path": schema}
+        url, min_size=size, max_size=size, server_settings={"search_path": schema}
     )
     results = []
     try:
-        for writers in (1, WRITERS):
+        for writers in writer_counts:
             prefix = f"raw{writers}"
 
             async def save(instance_id: str, checkpoint_id: str, prefix: str = prefix) -> object:

@@ -263,11 +263,16 @@ async def serve(certs: DevCertificates) -> None:
         await quic.stop(grace_s=0.5)
 
 
-async def stdin_closed() -> None:
+async def stdin_reader() -> asyncio.StreamReader:
+    """This process's stdin, read without blocking the loop (the parent's control channel)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    await reader.read()
+    return reader
+
+
+async def stdin_closed() -> None:
+    await (await stdin_reader()).read()
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,32 +285,51 @@ class ServerHandle:
 @contextlib.contextmanager
 def server_process(certs_dir: Path, tuning: Tuning) -> Iterator[ServerHandle]:
     """Start ``--serve`` in a subprocess; always stop it (stdin EOF, then kill)."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--serve", "--certs", str(certs_dir)]
+    script = [str(Path(__file__).resolve()), "--serve", "--certs", str(certs_dir), *tuning.as_args()]
+    with bench_subprocess(script) as child:
+        quic_port, tcp_port = child.ports[:2]
+        yield ServerHandle(child.process, quic_port, tcp_port)
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """A bench subprocess that announced itself with ``READY [PORT ...]``."""
+
+    popen: subprocess.Popen[str]
+    process: psutil.Process
+    ports: list[int]
+
+
+@contextlib.contextmanager
+def bench_subprocess(arguments: Sequence[str], env: dict[str, str] | None = None) -> Iterator[Child]:
+    """Run ``python ARGUMENTS`` with the repository importable and pipes on stdin and stdout;
+    wait for its ``READY`` line. Closing its stdin asks it to stop; it is killed if it lingers."""
     python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": python_path}
-    child = subprocess.Popen(
-        command + tuning.as_args(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
+    environment = {**os.environ, **(env or {}), "PYTHONPATH": python_path}
+    command = [sys.executable, *arguments]
+    pipe = subprocess.PIPE
+    popen = subprocess.Popen(command, stdin=pipe, stdout=pipe, text=True, env=environment)
     try:
-        yield read_ready_line(child)
+        yield Child(popen, psutil.Process(popen.pid), read_ready_line(popen))
     finally:
-        assert child.stdin is not None
-        child.stdin.close()
+        assert popen.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            popen.stdin.close()
         try:
-            child.wait(timeout=5)
+            popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            popen.kill()
+            popen.wait()
 
 
-def read_ready_line(child: subprocess.Popen[str]) -> ServerHandle:
+def read_ready_line(child: subprocess.Popen[str]) -> list[int]:
+    """The ports on the child's ``READY`` line (none for a child that serves nothing)."""
     assert child.stdout is not None
     readable, _, _ = select.select([child.stdout], [], [], SERVER_START_TIMEOUT_S)
     line = child.stdout.readline() if readable else ""
-    if not line.startswith("READY "):
-        raise RuntimeError(f"the server process did not start (exit code {child.poll()}): {line!r}")
-    quic_port, tcp_port = (int(word) for word in line.split()[1:3])
-    return ServerHandle(psutil.Process(child.pid), quic_port, tcp_port)
+    if line.split()[:1] != ["READY"]:
+        raise RuntimeError(f"the bench subprocess did not start (exit code {child.poll()}): {line!r}")
+    return [int(word) for word in line.split()[1:]]
 
 
 # --- what the client measures ---------------------------------------------------------------------
@@ -599,8 +623,8 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def table_header() -> str:
-    header = format_cells([name for name, _ in COLUMNS])
+def table_header(first_column: str = "transport") -> str:
+    header = format_cells([first_column] + [name for name, _ in COLUMNS[1:]])
     return header + "\n" + "-" * len(header)
 
 
