@@ -17,6 +17,8 @@ class InstanceBinding:
     ended: str | None = None
     """Why this launch may write no more (it completed, failed, hibernated, paused, was
     cancelled); the process should exit. Reads stay allowed."""
+    exit_recorded: bool = False
+    """A hibernated launch logs its exit once."""
 
     def end(self, why: str) -> None:
         self.ended = why

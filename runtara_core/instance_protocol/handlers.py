@@ -35,10 +35,12 @@ from runtara_core.persistence import Persistence
 from runtara_core.persistence.rows import (
     UNSET,
     EventType,
+    HibernateResult,
     InstanceRow,
     InstanceStatus,
     InstanceUpdate,
     NewEvent,
+    SignalOutcome,
     SignalRow,
     SignalType,
     TerminationReason,
@@ -71,11 +73,21 @@ from runtara_core.wire.messages import (
 log = logging.getLogger(__name__)
 
 RUNNING = frozenset({InstanceStatus.RUNNING})
-SIGNAL_OUTCOMES: dict[SignalType, tuple[InstanceStatus, TerminationReason, EventType]] = {
-    SignalType.CANCEL: (InstanceStatus.CANCELLED, TerminationReason.CANCELLED, EventType.CANCELLED),
-    SignalType.PAUSE: (InstanceStatus.SUSPENDED, TerminationReason.PAUSED, EventType.SUSPENDED),
+SIGNAL_OUTCOMES: dict[SignalType, SignalOutcome] = {
+    SignalType.CANCEL: SignalOutcome(
+        InstanceStatus.CANCELLED,
+        TerminationReason.CANCELLED,
+        NewEvent(EventType.CANCELLED, subtype="acknowledged"),
+    ),
+    SignalType.PAUSE: SignalOutcome(
+        InstanceStatus.SUSPENDED,
+        TerminationReason.PAUSED,
+        NewEvent(EventType.SUSPENDED, subtype="paused"),
+    ),
 }
 """What acknowledging an instance-wide signal does; resume only clears the slot."""
+WAIT_ROUNDS = 3
+"""Consume-then-hibernate attempts of one wait_signal before answering "ask again"."""
 
 
 def pending_signal_message(row: SignalRow | None) -> PendingSignal | None:
@@ -153,7 +165,7 @@ class InstanceService:
                 f"this token is for attempt {attempt} but instance {instance_id!r} is on attempt "
                 f"{row.attempt}: the process belongs to an earlier launch and must exit"
             )
-        row = await self._start(row)
+        row = await self._start(row, attempt)
         history = await self._db.replay_history(
             instance_id, history_state_budget(self._max_frame, len(row.input), self._history_budget)
         )
@@ -171,11 +183,11 @@ class InstanceService:
             pending_signal=pending_signal_message(pending),
         )
 
-    async def _start(self, row: InstanceRow) -> InstanceRow:
+    async def _start(self, row: InstanceRow, attempt: int) -> InstanceRow:
         """pending -> running for a new launch; a running instance re-registering is the same
         launch reconnecting (after a network blip or a core restart)."""
         if row.status is InstanceStatus.RUNNING:
-            await self._db.touch_heartbeat(row.instance_id)
+            await self._db.touch_heartbeat(row.instance_id, attempt=attempt)
             return row
         if row.status is InstanceStatus.PENDING:
             now = self._clock()
@@ -188,13 +200,14 @@ class InstanceService:
                         started_at_ms=now if row.started_at_ms is None else UNSET,
                         heartbeat_at_ms=now,
                     ),
-                    event=NewEvent(EventType.STARTED, subtype=f"attempt {row.attempt}"),
+                    event=NewEvent(EventType.STARTED, subtype=f"attempt {attempt}"),
+                    attempt=attempt,
                 )
             except InvalidState:
                 latest = await self._db.get_instance(row.instance_id)
                 if latest is None:
                     raise NotFound(f"instance {row.instance_id!r} not found") from None
-                if latest.status is not InstanceStatus.RUNNING or latest.attempt != row.attempt:
+                if latest.status is not InstanceStatus.RUNNING or latest.attempt != attempt:
                     raise
                 return latest  # a concurrent register of this launch won
         reason = f" ({row.termination_reason})" if row.termination_reason else ""
@@ -221,7 +234,7 @@ class InstanceService:
         binding = active(session)
         self._check_state(request.state, "checkpoint state")
         result = await self._db.save_checkpoint_if_absent(
-            binding.instance_id, request.checkpoint_id, request.state
+            binding.instance_id, request.checkpoint_id, request.state, attempt=binding.attempt
         )
         return CheckpointResponse(
             found=not result.saved,
@@ -246,7 +259,7 @@ class InstanceService:
         now = self._clock()
         record = SleepRecord(now + request.duration_ms, request.state)
         result = await self._db.save_checkpoint_if_absent(
-            binding.instance_id, request.checkpoint_id, record.encode()
+            binding.instance_id, request.checkpoint_id, record.encode(), attempt=binding.attempt
         )
         if not result.saved:
             stored = SleepRecord.decode(result.state)
@@ -256,51 +269,76 @@ class InstanceService:
                     "sleep; give this sleep its own checkpoint id"
                 )
             record = stored  # a replay: the first call's wake time stands
+        pending = result.pending_signal
         hibernate = should_hibernate(record.wake_at_ms - now, self._hibernate_after)
         if hibernate:
-            await self._hibernate(
+            outcome = await self._hibernate(
                 binding,
                 TerminationReason.SLEEPING,
-                InstanceUpdate(wake_at_ms=record.wake_at_ms),
+                record.wake_at_ms,
+                None,
                 f"sleep {request.checkpoint_id}",
             )
-        return SleepResponse(wake_at_ms=record.wake_at_ms, hibernate=hibernate)
+            hibernate, pending = outcome.hibernated, outcome.pending_signal
+        return SleepResponse(
+            wake_at_ms=record.wake_at_ms,
+            hibernate=hibernate,
+            pending_signal=pending_signal_message(pending),
+        )
 
     async def wait_signal(self, request: WaitSignalRequest, session: Session) -> WaitSignalResponse:
         binding = active(session)
-        consumed = await self._db.consume_custom_signal(
-            binding.instance_id, request.name, request.checkpoint_id
-        )
-        if consumed.found:
-            if consumed.replayed and consumed.payload == TIMEOUT_STATE:
-                return WaitSignalResponse(found=False, timed_out=True)
-            return WaitSignalResponse(found=True, payload=consumed.payload)
-        if not should_hibernate(request.timeout_ms, self._hibernate_after):
-            return WaitSignalResponse(found=False)
-        wake_at = None if request.timeout_ms is None else self._clock() + request.timeout_ms
-        await self._hibernate(
-            binding,
-            TerminationReason.WAITING,
-            InstanceUpdate(wake_at_ms=wake_at, waiting_signal_name=request.name),
-            f"wait_signal {request.name}",
-        )
-        # A signal queued between the consume above and the hibernation found no waiter to
-        # wake; this sweep wakes the instance for it (the process still exits as told).
-        await self._db.claim_signal_waiters(binding.instance_id)
-        return WaitSignalResponse(found=False, hibernate=True)
+        for _ in range(WAIT_ROUNDS):
+            consumed = await self._db.consume_custom_signal(
+                binding.instance_id, request.name, request.checkpoint_id, attempt=binding.attempt
+            )
+            if consumed.found:
+                if consumed.replayed and consumed.payload == TIMEOUT_STATE:
+                    return WaitSignalResponse(found=False, timed_out=True)
+                return WaitSignalResponse(found=True, payload=consumed.payload)
+            if not should_hibernate(request.timeout_ms, self._hibernate_after):
+                return WaitSignalResponse(found=False)
+            wake_at = None if request.timeout_ms is None else self._clock() + request.timeout_ms
+            outcome = await self._hibernate(
+                binding,
+                TerminationReason.WAITING,
+                wake_at,
+                request.name,
+                f"wait_signal {request.name}",
+            )
+            blocking = outcome.pending_signal
+            if outcome.hibernated or (
+                blocking is not None and blocking.signal_type is not SignalType.RESUME
+            ):
+                return WaitSignalResponse(
+                    found=False,
+                    hibernate=outcome.hibernated,
+                    pending_signal=pending_signal_message(blocking),
+                )
+            # A signal of this name was queued after the consume: take it now.
+        return WaitSignalResponse(found=False)  # signals keep racing in: let the instance ask again
 
     async def _hibernate(
-        self, binding: InstanceBinding, reason: TerminationReason, update: InstanceUpdate, what: str
-    ) -> None:
-        await self._db.transition(
+        self,
+        binding: InstanceBinding,
+        reason: TerminationReason,
+        wake_at_ms: int | None,
+        waiting_signal_name: str | None,
+        what: str,
+    ) -> HibernateResult:
+        """Suspend this launch unless a cancel or pause is pending (the instance must act on
+        it first) or, for a signal wait, a signal of that name came in meanwhile."""
+        outcome = await self._db.hibernate(
             binding.instance_id,
-            RUNNING,
-            InstanceStatus.SUSPENDED,
+            attempt=binding.attempt,
             reason=reason,
-            update=update,
+            wake_at_ms=wake_at_ms,
+            waiting_signal_name=waiting_signal_name,
             event=NewEvent(EventType.SUSPENDED, subtype=str(reason), payload=what.encode()),
         )
-        binding.end(f"hibernated ({reason})")
+        if outcome.hibernated:
+            binding.end(f"hibernated ({reason})")
+        return outcome
 
     # ------------------------------------------------------------------ instance-wide signals
 
@@ -310,53 +348,27 @@ class InstanceService:
         return PollSignalsResponse(pending_signal=pending_signal_message(pending))
 
     async def ack_signal(self, request: AckSignalRequest, session: Session) -> Empty:
-        """Act on the signal first, then clear the slot: a crash between the two leaves the
-        signal pending and the status changed, and the retried ack then only clears the slot."""
+        """Acknowledge the pending signal and apply it (cancel: cancelled; pause: suspended),
+        atomically: a cancel replacing a pause in the meantime is not lost."""
         binding = bound(session)
         signal = SignalType(request.signal_type)
-        instance_id = binding.instance_id
-        pending = await self._db.pending_signal(instance_id)
-        if pending is None or pending.signal_type is not signal:
-            if await self._already_acted(instance_id, signal):
+        outcome = SIGNAL_OUTCOMES.get(signal)
+        if binding.ended is None:
+            acknowledged = await self._db.ack_signal(
+                binding.instance_id, signal, outcome=outcome, attempt=binding.attempt
+            )
+            if acknowledged:
+                if outcome is not None:
+                    binding.end(str(outcome.reason))
                 return Empty()
-            holding = pending.signal_type.value if pending else "nothing"
-            raise InvalidState(
-                f"no {signal} signal is pending for instance {instance_id!r} (the slot holds "
-                f"{holding}); acknowledge the signal that poll_signals returns"
-            )
-        if signal in SIGNAL_OUTCOMES:
-            await self._end_by_signal(binding, signal)
-        await self._db.ack_signal(instance_id, signal)
-        return Empty()
-
-    async def _end_by_signal(self, binding: InstanceBinding, signal: SignalType) -> None:
-        status, reason, event = SIGNAL_OUTCOMES[signal]
-        try:
-            await self._db.transition(
-                binding.instance_id,
-                RUNNING,
-                status,
-                reason=reason,
-                event=NewEvent(event, subtype=str(reason)),
-            )
-        except InvalidState:
-            if not await self._already_acted(binding.instance_id, signal):
-                raise
-        binding.end(str(reason))
-
-    async def _already_acted(self, instance_id: str, signal: SignalType) -> bool:
-        """Whether the instance already shows the outcome of ``signal`` (a retried ack)."""
-        row = await self._db.get_instance(instance_id)
-        if row is None:
-            return False
-        if signal is SignalType.CANCEL:
-            return row.status is InstanceStatus.CANCELLED
-        if signal is SignalType.PAUSE:
-            return (
-                row.status is InstanceStatus.SUSPENDED
-                and row.termination_reason is TerminationReason.PAUSED
-            )
-        return False
+        elif outcome is not None and binding.ended == str(outcome.reason):
+            return Empty()  # a retry of the acknowledgement that ended this launch
+        pending = await self._db.pending_signal(binding.instance_id)
+        holding = pending.signal_type.value if pending else "nothing"
+        raise InvalidState(
+            f"no {signal} signal is pending for instance {binding.instance_id!r} (the slot holds "
+            f"{holding}); acknowledge the signal that poll_signals returns"
+        )
 
     # ------------------------------------------------------------------ events
 
@@ -368,7 +380,7 @@ class InstanceService:
         if kind == "heartbeat":
             binding = bound(session)
             if binding.ended is None:
-                await self._db.touch_heartbeat(binding.instance_id)
+                await self._db.touch_heartbeat(binding.instance_id, attempt=binding.attempt)
         elif kind == "completed":
             await self._finish(
                 session, InstanceStatus.COMPLETED, TerminationReason.COMPLETED,
@@ -389,6 +401,7 @@ class InstanceService:
             await self._db.append_event(
                 binding.instance_id,
                 NewEvent(EventType.CUSTOM, subtype=request.subtype, payload=payload),
+                attempt=binding.attempt,
             )
         return Empty()
 
@@ -400,32 +413,36 @@ class InstanceService:
         update: InstanceUpdate,
         event: NewEvent,
     ) -> None:
-        """completed / failed: first writer wins, and only from running."""
+        """completed / failed: first writer wins, only from running, only for this launch."""
         binding = bound(session)
-        if binding.ended is not None and binding.ended != str(status):
-            active(session)  # raises: this launch already ended another way
-        try:
-            await self._db.transition(
-                binding.instance_id, RUNNING, status, reason=reason, update=update, event=event
-            )
-        except InvalidState:
-            row = await self._db.get_instance(binding.instance_id)
-            if row is None or row.status is not status:
-                raise
-            # The same report again (a retry after a lost response): already recorded.
+        if binding.ended == str(status):
+            return  # the same report again on this connection (its response was lost)
+        binding = active(session)
+        await self._db.transition(
+            binding.instance_id,
+            RUNNING,
+            status,
+            reason=reason,
+            update=update,
+            event=event,
+            attempt=binding.attempt,
+        )
         binding.end(str(status))
 
     async def _suspended_event(self, session: Session, payload: bytes | None) -> None:
+        """An audit record that a hibernated launch is exiting: once, and only then."""
         binding = bound(session)
-        row = await self._db.get_instance(binding.instance_id)
-        if row is None or row.status is not InstanceStatus.SUSPENDED:
+        if binding.ended is None or not binding.ended.startswith("hibernated"):
             raise InvalidState(
                 "an instance suspends through sleep, wait_signal or acknowledging a pause; "
-                "a 'suspended' event only records that a suspended launch is exiting"
+                "a 'suspended' event only records that a hibernated launch is exiting"
             )
+        if binding.exit_recorded:
+            return
         await self._db.append_event(
             binding.instance_id, NewEvent(EventType.SUSPENDED, subtype="exiting", payload=payload)
         )
+        binding.exit_recorded = True
 
     async def retry_attempt(self, request: RetryAttemptRequest, session: Session) -> Empty:
         binding = active(session)
@@ -438,6 +455,7 @@ class InstanceService:
                     {"checkpoint_id": request.checkpoint_id, "attempt": request.attempt, "error": request.error}
                 ).encode(),
             ),
+            attempt=binding.attempt,
         )
         return Empty()
 

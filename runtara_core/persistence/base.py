@@ -7,6 +7,16 @@ are 1..255 bytes of UTF-8 without NUL, integers fit in int64, payloads are bytes
 is a ``BadRequest``, the same on both backends.
 Every method is safe to call from many asyncio tasks at once, and from several processes
 sharing one database.
+
+The launch fence: the writes an instance process makes (``save_checkpoint_if_absent``,
+``consume_custom_signal``, ``append_event``, ``touch_heartbeat``, ``transition``,
+``ack_signal``) take an optional keyword ``attempt``, the launch the caller speaks for. When
+given, the write happens only if the instance is ``running`` on exactly that attempt, decided
+in the write's own transaction (under the instance row lock on PostgreSQL); otherwise it raises
+InvalidState naming the instance's status and attempt and the caller's attempt, and changes
+nothing at all (see ``rules.check_launch``). A process of an earlier launch, still talking after
+its instance was finished, suspended or relaunched, can so never write for the current one.
+Without ``attempt`` these methods behave as they always did.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from runtara_core.persistence.rows import (
     CustomSignalEnqueued,
     CustomSignalRow,
     EventRow,
+    HibernateResult,
     ImageRow,
     InstanceFilter,
     InstanceRow,
@@ -35,6 +46,7 @@ from runtara_core.persistence.rows import (
     Page,
     ProcessExit,
     ReplayEntry,
+    SignalOutcome,
     SignalRow,
     SignalType,
     TerminationReason,
@@ -125,21 +137,63 @@ class Persistence(ABC):
         reason: TerminationReason | None = None,
         update: InstanceUpdate = NO_UPDATE,
         event: NewEvent | None = None,
+        attempt: int | None = None,
     ) -> InstanceRow:
-        """Compare and set: move to ``new`` only if the current status is one of ``expected``.
+        """Compare and set: move to ``new`` only if the current status is one of ``expected``
+        and, if ``attempt`` is given, the instance's attempt equals it.
 
         This is how every status change happens, so two actors can never both win a transition.
         ``reason`` replaces the termination reason (None clears it); ``update`` sets more columns
-        (see ``rules.plan_transition`` for the defaults); ``event`` is appended in the same
-        transaction, and only if this call won. Returns the new row. Raises NotFound, or
-        InvalidState naming the actual and expected statuses.
+        (see ``rules.plan_transition`` for the defaults; an ``update.attempt`` is the new value,
+        ``attempt`` the one required before); ``event`` is appended in the same transaction, and
+        only if this call won. Returns the new row. Raises NotFound, or InvalidState naming the
+        actual status (and, with ``attempt``, the actual and expected attempts) and the
+        expected statuses; a refused call changes nothing.
+        """
+
+    @abstractmethod
+    async def hibernate(
+        self,
+        instance_id: str,
+        *,
+        attempt: int,
+        reason: TerminationReason,
+        wake_at_ms: int | None,
+        waiting_signal_name: str | None = None,
+        event: NewEvent | None = None,
+    ) -> HibernateResult:
+        """Suspend the running launch ``attempt`` to sleep or wait, unless a signal is in the way.
+
+        One transaction, under the instance row lock, so that no signal can slip in between the
+        check and the suspension:
+        - NotFound if the instance does not exist; InvalidState (the launch fence, see the module
+          docstring) unless it is running on ``attempt``.
+        - BadRequest, before anything is read, unless ``reason`` is sleeping (then
+          ``waiting_signal_name`` must be None) or waiting (then it is required).
+        - If the instance-wide slot holds cancel or pause, or ``waiting_signal_name`` names a
+          custom signal that is queued unconsumed for the instance, nothing changes:
+          hibernated=False.
+        - Otherwise the instance moves from running to suspended with ``reason``, ``wake_at_ms``
+          and ``waiting_signal_name`` (the other columns as ``rules.plan_transition`` sets
+          them), ``event`` is appended, hibernated=True.
+        ``pending_signal`` always reports the slot as read (a resume does not block but is
+        reported); ``row`` is the instance as the call left it.
+
+        Racing ``enqueue_custom_signal`` of the awaited name, either this call sees the signal
+        (hibernated=False) or the enqueue comes after and wakes the instance to pending: an
+        instance never stays suspended waiting on a name with a signal queued. Racing
+        ``put_signal``, either this call reports the cancel or pause (hibernated=False) or the
+        signal lands in the slot of the suspended instance (for the environment to act on).
         """
 
     # ------------------------------------------------------------------ liveness and metrics
 
     @abstractmethod
-    async def touch_heartbeat(self, instance_id: str) -> None:
-        """Refresh liveness. Writes heartbeat_at_ms only: beats do not add event rows."""
+    async def touch_heartbeat(self, instance_id: str, *, attempt: int | None = None) -> None:
+        """Refresh liveness. Writes heartbeat_at_ms only: beats do not add event rows.
+
+        With ``attempt``, fenced: nothing is written unless the instance is running on it.
+        """
 
     @abstractmethod
     async def record_process(self, instance_id: str, pid: int, pid_create_time: float) -> None:
@@ -160,13 +214,15 @@ class Persistence(ABC):
 
     @abstractmethod
     async def save_checkpoint_if_absent(
-        self, instance_id: str, checkpoint_id: str, state: bytes
+        self, instance_id: str, checkpoint_id: str, state: bytes, *, attempt: int | None = None
     ) -> CheckpointSaveResult:
         """Store ``state`` unless the checkpoint exists; either way return the stored state.
 
         Atomic: of concurrent writers exactly one gets saved=True and all get the same state.
         Counts as liveness (refreshes heartbeat_at_ms) and, when saved, records the instance's
         latest checkpoint id, in the same transaction. Also returns the pending signal.
+        With ``attempt``, fenced: unless the instance is running on it, InvalidState and no
+        save, no heartbeat (even if the checkpoint already exists).
         """
 
     @abstractmethod
@@ -190,7 +246,10 @@ class Persistence(ABC):
     # ------------------------------------------------------------------ events
 
     @abstractmethod
-    async def append_event(self, instance_id: str, event: NewEvent) -> EventRow: ...
+    async def append_event(
+        self, instance_id: str, event: NewEvent, *, attempt: int | None = None
+    ) -> EventRow:
+        """Log ``event``. With ``attempt``, fenced: no row unless the instance is running on it."""
 
     @abstractmethod
     async def list_events(
@@ -219,8 +278,29 @@ class Persistence(ABC):
     async def pending_signal(self, instance_id: str) -> SignalRow | None: ...
 
     @abstractmethod
-    async def ack_signal(self, instance_id: str, signal_type: SignalType) -> bool:
-        """Clear the slot if ``signal_type`` is what is pending; False if it was not."""
+    async def ack_signal(
+        self,
+        instance_id: str,
+        signal_type: SignalType,
+        *,
+        outcome: SignalOutcome | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Clear the slot if ``signal_type`` is what is pending; False if it was not.
+
+        One transaction, checking and clearing the slot atomically with the outcome:
+        - If the slot does not hold ``signal_type`` (nothing, or a signal that replaced it, or
+          no such instance), return False and change nothing.
+        - With ``outcome``: compare and set from running (on ``attempt``, if given) to
+          ``outcome.status`` with ``outcome.reason``, appending ``outcome.event``. If that fails,
+          raise InvalidState as ``transition`` would and change nothing (the slot stays).
+        - Without ``outcome`` but with ``attempt``: the launch fence (InvalidState, nothing
+          changes, unless the instance is running on ``attempt``).
+        - Then clear the slot and return True.
+        A signal offered while the acknowledgement is in flight is therefore either seen by it
+        (a cancel that replaced the pause: False, nothing changes) or lands after it committed
+        (in the slot of the instance the outcome left, for the environment to act on).
+        """
 
     # ------------------------------------------------------------------ custom signals
 
@@ -231,20 +311,22 @@ class Persistence(ABC):
         """Queue a named signal (FIFO per instance and name).
 
         In the same transaction an instance hibernating on this name is moved to pending, so
-        the wake cannot be lost between the two. A hibernation racing this call is either
-        woken here or sees the signal in its own ``claim_signal_waiters``.
+        the wake cannot be lost between the two. A ``hibernate`` racing this call is either
+        woken here or sees the signal itself and does not hibernate (a hibernation made with
+        ``transition`` instead needs its own ``claim_signal_waiters`` afterwards).
         """
 
     @abstractmethod
     async def consume_custom_signal(
-        self, instance_id: str, name: str, checkpoint_id: str
+        self, instance_id: str, name: str, checkpoint_id: str, *, attempt: int | None = None
     ) -> CustomSignalConsumed:
         """Exactly-once delivery: take the oldest queued ``name`` and save it as the checkpoint.
 
         In one transaction: if the checkpoint exists its state is returned (replayed=True) and
         nothing is consumed; else the oldest unconsumed signal is marked consumed and its payload
         saved as ``checkpoint_id``; if none is queued nothing changes (found=False). Counts as
-        liveness.
+        liveness. With ``attempt``, fenced: unless the instance is running on it, InvalidState
+        and nothing is consumed, replayed, saved or refreshed.
         """
 
     @abstractmethod

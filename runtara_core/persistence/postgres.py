@@ -10,6 +10,10 @@ Concurrency rules, all under READ COMMITTED:
   does. Always that row first, so they cannot deadlock with each other, and that lock mode does
   not conflict with the KEY SHARE locks of foreign-key checks.
 - Status changes are conditional UPDATEs; claims pick rows ``FOR NO KEY UPDATE SKIP LOCKED``.
+- The launch fence (``attempt=``) is decided on the status and attempt read by that locking
+  read, which in READ COMMITTED returns the row as its last writer committed it even when the
+  rest of the statement reads an older snapshot; decisions that read other tables (hibernate,
+  ack with an outcome) read them in a later statement, once the lock is held.
 - Image versions of one (tenant, name) are numbered under a transaction advisory lock.
 """
 
@@ -19,6 +23,7 @@ import logging
 import re
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -54,6 +59,7 @@ from runtara_core.persistence.rows import (
     CustomSignalEnqueued,
     CustomSignalRow,
     EventRow,
+    HibernateResult,
     ImageRow,
     InstanceFilter,
     InstanceRow,
@@ -65,6 +71,7 @@ from runtara_core.persistence.rows import (
     Page,
     ProcessExit,
     ReplayEntry,
+    SignalOutcome,
     SignalRow,
     SignalType,
     TerminationReason,
@@ -87,40 +94,69 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Class id of the two-key advisory locks that number image versions (any constant of our own).
 _IMAGE_VERSION_LOCK = 0x52544931
 
-# One round trip: lock the instance row (absent: no row, so nothing is inserted), insert unless
-# the id exists (ON CONFLICT waits for a concurrent inserter, then yields to it), refresh
-# liveness and the latest-checkpoint pointer, and read the pending signal.
-_SAVE_CHECKPOINT = """
+# The launch fence in SQL (``rules.launch_admitted``) over the ``inst`` CTE of the statements
+# below, which reads status and attempt under the instance row lock: a locking read in READ
+# COMMITTED waits for a writer in flight and then returns the row as that writer committed it
+# (not as of the statement's snapshot), so the fence sees the latest status and attempt.
+# $n is the fenced attempt, NULL for an unfenced write.
+def _admitted(n: int) -> str:
+    return f"(${n}::bigint IS NULL OR (status = 'running' AND attempt = ${n}))"
+
+
+# One round trip: lock the instance row and read its status and attempt (absent: no row, so
+# nothing is inserted), insert unless the id exists or the fence ($5) refuses (ON CONFLICT waits
+# for a concurrent inserter, then yields to it), refresh liveness and the latest-checkpoint
+# pointer (only if admitted), and read the pending signal.
+_SAVE_CHECKPOINT = f"""
 WITH inst AS (
-    SELECT instance_id FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE
+    SELECT instance_id, status, attempt FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE
+), admitted AS (
+    SELECT instance_id FROM inst WHERE {_admitted(5)}
 ), saved AS (
     INSERT INTO checkpoints (instance_id, checkpoint_id, state, created_at_ms)
-    SELECT instance_id, $2, $3, $4 FROM inst
+    SELECT instance_id, $2, $3, $4 FROM admitted
     ON CONFLICT (instance_id, checkpoint_id) DO NOTHING
     RETURNING checkpoint_id
 ), touched AS (
     UPDATE instances
     SET heartbeat_at_ms = $4,
         checkpoint_id = COALESCE((SELECT checkpoint_id FROM saved), instances.checkpoint_id)
-    WHERE instance_id IN (SELECT instance_id FROM inst)
+    WHERE instance_id IN (SELECT instance_id FROM admitted)
 )
-SELECT EXISTS (SELECT 1 FROM inst) AS present,
+SELECT i.status AS instance_status, i.attempt AS instance_attempt,
        EXISTS (SELECT 1 FROM saved) AS saved,
        s.instance_id, s.signal_type, s.payload, s.created_at_ms
-FROM (SELECT 1) AS one LEFT JOIN signals s ON s.instance_id = $1
+FROM (SELECT 1) AS one LEFT JOIN inst i ON TRUE LEFT JOIN signals s ON s.instance_id = $1
 """
 
 # The instance row lock, held to commit, makes the events of one instance commit in id order:
 # a writer draws its id only once the previous writer (an append or a transition, whose UPDATE
 # holds the same lock) has committed. Otherwise a watcher polling "id > cursor" could see a
 # later id first, move its cursor past an earlier one still in flight, and never see it.
+# The fence ($6) is decided on the locked row, in the same statement.
 _INSERT_EVENT = f"""
 WITH inst AS (
-    SELECT instance_id FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE
+    SELECT instance_id, status, attempt FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE
+), logged AS (
+    INSERT INTO events (instance_id, type, subtype, payload, created_at_ms)
+    SELECT instance_id, $2, $3, $4, $5 FROM inst WHERE {_admitted(6)}
+    RETURNING {EVENT_COLUMNS}
 )
-INSERT INTO events (instance_id, type, subtype, payload, created_at_ms)
-SELECT instance_id, $2, $3, $4, $5 FROM inst
-RETURNING {EVENT_COLUMNS}
+SELECT i.status AS instance_status, i.attempt AS instance_attempt, l.*
+FROM inst i LEFT JOIN logged l ON TRUE
+"""
+
+# A fenced liveness refresh, one round trip: lock the row, read status and attempt, and write
+# heartbeat_at_ms ($2) only if the launch ($3) is admitted. Returns the status and attempt the
+# decision was made on (no row: no instance).
+_FENCED_HEARTBEAT = f"""
+WITH inst AS (
+    SELECT instance_id, status, attempt FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE
+), touched AS (
+    UPDATE instances SET heartbeat_at_ms = $2
+    WHERE instance_id IN (SELECT instance_id FROM inst WHERE {_admitted(3)})
+)
+SELECT status, attempt FROM inst
 """
 
 
@@ -279,30 +315,76 @@ class PostgresPersistence(Persistence):
         reason: TerminationReason | None = None,
         update: InstanceUpdate = NO_UPDATE,
         event: NewEvent | None = None,
+        attempt: int | None = None,
     ) -> InstanceRow:
         allowed = rules.check_expected(expected)
         now = self._clock()
-        params = Params(postgres=True)
-        sql = transition_statement(
-            params, instance_id, allowed, rules.plan_transition(new, reason, update, now)
-        )
-        if event is not None:
-            # One statement: the event row exists only if the compare-and-set matched.
-            sql = (
-                f"WITH moved AS ({sql}), logged AS ("
-                "INSERT INTO events (instance_id, type, subtype, payload, created_at_ms) "
-                f"SELECT instance_id, {params(event.type)}, {params(event.subtype)}, "
-                f"{params(event.payload)}, {params(now)} FROM moved) "
-                "SELECT * FROM moved"
-            )
+        columns = rules.plan_transition(new, reason, update, now)
+        sql, values = _transition_query(instance_id, allowed, columns, attempt, event, now)
         async with self._pool.acquire() as conn:
-            row = await conn.fetchrow(sql, *params.values)
+            row = await conn.fetchrow(sql, *values)
             if row is None:
-                actual = await conn.fetchval(
-                    "SELECT status FROM instances WHERE instance_id = $1", instance_id
+                actual = await conn.fetchrow(
+                    "SELECT status, attempt FROM instances WHERE instance_id = $1", instance_id
                 )
-                raise rules.transition_refused(instance_id, actual, allowed, new)
+                raise rules.transition_refused(
+                    instance_id,
+                    None if actual is None else actual["status"],
+                    allowed,
+                    new,
+                    actual_attempt=None if actual is None else actual["attempt"],
+                    attempt=attempt,
+                )
         return instance_from_record(row)
+
+    async def hibernate(
+        self,
+        instance_id: str,
+        *,
+        attempt: int,
+        reason: TerminationReason,
+        wake_at_ms: int | None,
+        waiting_signal_name: str | None = None,
+        event: NewEvent | None = None,
+    ) -> HibernateResult:
+        reason = rules.check_hibernation(reason, waiting_signal_name)
+        now = self._clock()
+        update = InstanceUpdate(wake_at_ms=wake_at_ms, waiting_signal_name=waiting_signal_name)
+        columns = rules.plan_transition(InstanceStatus.SUSPENDED, reason, update, now)
+        sql, values = _transition_query(
+            instance_id, [InstanceStatus.RUNNING], columns, attempt, event, now
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The row lock first, as put_signal and enqueue_custom_signal take it before they
+            # write: one in flight has committed before the reads below (each statement takes a
+            # fresh snapshot), and one that comes later waits until this hibernation commits.
+            current = await conn.fetchrow(
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1 "
+                "FOR NO KEY UPDATE",
+                instance_id,
+            )
+            if current is None:
+                raise rules.instance_not_found(instance_id)
+            rules.check_launch(instance_id, current["status"], current["attempt"], attempt)
+            found = await conn.fetchrow(
+                "SELECT s.instance_id, s.signal_type, s.payload, s.created_at_ms, "
+                "EXISTS (SELECT 1 FROM custom_signals c WHERE c.instance_id = $1 "
+                "AND c.name = $2 AND c.consumed_at_ms IS NULL) AS queued "
+                "FROM (SELECT 1) AS one LEFT JOIN signals s ON s.instance_id = $1",
+                instance_id,
+                waiting_signal_name,
+            )
+            slot = None if found["signal_type"] is None else signal_from_record(found)
+            if rules.hibernation_blocked(
+                None if slot is None else slot.signal_type, found["queued"]
+            ):
+                return HibernateResult(False, slot, instance_from_record(current))
+            row = await conn.fetchrow(sql, *values)
+            if row is None:  # cannot happen under the lock; never suspend on a stale decision
+                raise rules.launch_refused(
+                    instance_id, current["status"], current["attempt"], attempt
+                )
+        return HibernateResult(True, slot, instance_from_record(row))
 
     # ------------------------------------------------------------------ liveness and metrics
 
@@ -314,8 +396,11 @@ class PostgresPersistence(Persistence):
         if status == "UPDATE 0":
             raise rules.instance_not_found(instance_id)
 
-    async def touch_heartbeat(self, instance_id: str) -> None:
-        await self._update_instance(instance_id, "heartbeat_at_ms = $2", self._clock())
+    async def touch_heartbeat(self, instance_id: str, *, attempt: int | None = None) -> None:
+        if attempt is None:
+            await self._update_instance(instance_id, "heartbeat_at_ms = $2", self._clock())
+            return
+        await _fenced_heartbeat(self._pool, instance_id, self._clock(), attempt)
 
     async def record_process(self, instance_id: str, pid: int, pid_create_time: float) -> None:
         await self._update_instance(
@@ -354,15 +439,16 @@ class PostgresPersistence(Persistence):
     # ------------------------------------------------------------------ checkpoints
 
     async def save_checkpoint_if_absent(
-        self, instance_id: str, checkpoint_id: str, state: bytes
+        self, instance_id: str, checkpoint_id: str, state: bytes, *, attempt: int | None = None
     ) -> CheckpointSaveResult:
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                _SAVE_CHECKPOINT, instance_id, checkpoint_id, state, self._clock()
+                _SAVE_CHECKPOINT, instance_id, checkpoint_id, state, self._clock(), attempt
             )
             assert row is not None
-            if not row["present"]:
-                raise rules.instance_not_found(instance_id)
+            rules.check_launch(
+                instance_id, row["instance_status"], row["instance_attempt"], attempt
+            )
             stored = state
             if not row["saved"]:
                 # The winner may have committed after this statement's snapshot: read anew.
@@ -430,12 +516,21 @@ class PostgresPersistence(Persistence):
 
     # ------------------------------------------------------------------ events
 
-    async def append_event(self, instance_id: str, event: NewEvent) -> EventRow:
+    async def append_event(
+        self, instance_id: str, event: NewEvent, *, attempt: int | None = None
+    ) -> EventRow:
         row = await self._pool.fetchrow(
-            _INSERT_EVENT, instance_id, event.type, event.subtype, event.payload, self._clock()
+            _INSERT_EVENT,
+            instance_id,
+            event.type,
+            event.subtype,
+            event.payload,
+            self._clock(),
+            attempt,
         )
         if row is None:
             raise rules.instance_not_found(instance_id)
+        rules.check_launch(instance_id, row["instance_status"], row["instance_attempt"], attempt)
         return event_from_record(row)
 
     async def list_events(
@@ -485,13 +580,60 @@ class PostgresPersistence(Persistence):
         )
         return None if row is None else signal_from_record(row)
 
-    async def ack_signal(self, instance_id: str, signal_type: SignalType) -> bool:
-        status: str = await self._pool.execute(
-            "DELETE FROM signals WHERE instance_id = $1 AND signal_type = $2",
-            instance_id,
-            SignalType(signal_type),
-        )
-        return status == "DELETE 1"
+    async def ack_signal(
+        self,
+        instance_id: str,
+        signal_type: SignalType,
+        *,
+        outcome: SignalOutcome | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        acked = SignalType(signal_type)
+        if outcome is None and attempt is None:
+            status: str = await self._pool.execute(
+                "DELETE FROM signals WHERE instance_id = $1 AND signal_type = $2",
+                instance_id,
+                acked,
+            )
+            return status == "DELETE 1"
+        now = self._clock()
+        running = [InstanceStatus.RUNNING]
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The instance row lock first, as put_signal takes it before it reads the slot: a
+            # signal that replaced this one has committed before the DELETE below (a fresh
+            # snapshot), and one offered later waits until this acknowledgement commits.
+            current = await conn.fetchrow(
+                "SELECT status, attempt FROM instances WHERE instance_id = $1 FOR NO KEY UPDATE",
+                instance_id,
+            )
+            if current is None:
+                return False  # no instance, so nothing in its slot
+            deleted = await conn.fetchval(
+                "DELETE FROM signals WHERE instance_id = $1 AND signal_type = $2 RETURNING 1",
+                instance_id,
+                acked,
+            )
+            if deleted is None:
+                return False
+            # Raising rolls the DELETE back with everything else: the slot stays.
+            if outcome is None:
+                rules.check_launch(instance_id, current["status"], current["attempt"], attempt)
+                return True
+            new = InstanceStatus(outcome.status)
+            columns = rules.plan_transition(new, outcome.reason, NO_UPDATE, now)
+            sql, values = _transition_query(
+                instance_id, running, columns, attempt, outcome.event, now
+            )
+            if await conn.fetchrow(sql, *values) is None:
+                raise rules.transition_refused(
+                    instance_id,
+                    current["status"],
+                    running,
+                    new,
+                    actual_attempt=current["attempt"],
+                    attempt=attempt,
+                )
+        return True
 
     # ------------------------------------------------------------------ custom signals
 
@@ -522,13 +664,16 @@ class PostgresPersistence(Persistence):
         )
 
     async def consume_custom_signal(
-        self, instance_id: str, name: str, checkpoint_id: str
+        self, instance_id: str, name: str, checkpoint_id: str, *, attempt: int | None = None
     ) -> CustomSignalConsumed:
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
             # The row lock serializes consumers of this instance; each statement after it
             # takes a fresh snapshot and so sees what earlier holders committed.
-            await self._lock_instance(conn, instance_id, heartbeat_at_ms=now)
+            if attempt is None:
+                await self._lock_instance(conn, instance_id, heartbeat_at_ms=now)
+            else:
+                await _fenced_heartbeat(conn, instance_id, now, attempt)
             stored = await conn.fetchval(
                 "SELECT state FROM checkpoints WHERE instance_id = $1 AND checkpoint_id = $2",
                 instance_id,
@@ -700,6 +845,46 @@ class PostgresPersistence(Persistence):
     async def count_active_instances_for_image(self, image_id: str) -> int:
         async with self._pool.acquire() as conn:
             return await _count_active(conn, image_id)
+
+
+def _transition_query(
+    instance_id: str,
+    expected: Collection[InstanceStatus],
+    columns: dict[str, Any],
+    attempt: int | None,
+    event: NewEvent | None,
+    now: int,
+) -> tuple[str, list[Any]]:
+    """A compare-and-set (``transition_statement``) that also appends ``event`` if it matched.
+
+    One statement: the event row exists only if the compare-and-set matched. Returns the SQL and
+    its values; the statement returns the new row, or no row if it did not match.
+    """
+    params = Params(postgres=True)
+    sql = transition_statement(params, instance_id, expected, columns, attempt)
+    if event is not None:
+        sql = (
+            f"WITH moved AS ({sql}), logged AS ("
+            "INSERT INTO events (instance_id, type, subtype, payload, created_at_ms) "
+            f"SELECT instance_id, {params(event.type)}, {params(event.subtype)}, "
+            f"{params(event.payload)}, {params(now)} FROM moved) "
+            "SELECT * FROM moved"
+        )
+    return sql, params.values
+
+
+async def _fenced_heartbeat(
+    conn: asyncpg.Connection | asyncpg.Pool, instance_id: str, now: int, attempt: int
+) -> None:
+    """Refresh liveness for launch ``attempt`` under the row lock; raise (writing nothing) if
+    the instance is absent or not running on that attempt."""
+    row = await conn.fetchrow(_FENCED_HEARTBEAT, instance_id, now, attempt)
+    rules.check_launch(
+        instance_id,
+        None if row is None else row["status"],
+        None if row is None else row["attempt"],
+        attempt,
+    )
 
 
 async def _count_active(conn: asyncpg.Connection, image_id: str) -> int:

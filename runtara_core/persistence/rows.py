@@ -226,6 +226,8 @@ _BY_NAME: dict[str, Check] = {
     "subtype": check_text,
     "limit": partial(check_int, minimum=1, maximum=MAX_PAGE),
     "offset": partial(check_int, minimum=0),
+    # Launches count from 1; a fence or an update naming attempt 0 is a caller's bug.
+    "attempt": partial(check_int, minimum=1),
 }
 
 
@@ -417,10 +419,7 @@ class InstanceUpdate:
     pid_create_time: Maybe[float | None] = UNSET
 
     def __post_init__(self) -> None:
-        _check_fields(self)
-        _require(
-            self.attempt is UNSET or self.attempt >= 1, f"attempt must be >= 1, got {self.attempt}"
-        )
+        _check_fields(self)  # attempt: 1.. (see _BY_NAME)
 
     def assignments(self) -> dict[str, Any]:
         """Column -> value for every field that is set; field names are the column names."""
@@ -538,6 +537,30 @@ class SignalRow:
     signal_type: SignalType
     payload: bytes
     created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignalOutcome:
+    """What acknowledging an instance-wide signal does to the instance (``ack_signal``): move
+    it from running to ``status`` with ``reason``, logging ``event``, as the slot is cleared."""
+
+    status: InstanceStatus
+    reason: TerminationReason
+    event: NewEvent | None = None
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+@dataclass(frozen=True, slots=True)
+class HibernateResult:
+    hibernated: bool
+    """True if the instance moved from running to suspended; False if something blocked it
+    (a pending cancel or pause, or a queued signal of the awaited name) and nothing changed."""
+    pending_signal: SignalRow | None
+    """The instance-wide slot as read in the same transaction (a resume does not block)."""
+    row: InstanceRow
+    """The instance as this call left it: suspended if hibernated, else unchanged."""
 
 
 @dataclass(frozen=True, slots=True)

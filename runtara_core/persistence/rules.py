@@ -78,18 +78,101 @@ def transition_refused(
     actual: str | None,
     expected: Iterable[InstanceStatus],
     new: InstanceStatus,
+    *,
+    actual_attempt: int | None = None,
+    attempt: int | None = None,
 ) -> RuntaraError:
-    """The error for a compare-and-set that matched no row; ``actual`` is the status read after."""
+    """The error for a compare-and-set that matched no row; ``actual`` is the status read after.
+
+    ``attempt`` is the launch the compare-and-set also required (None: any), and
+    ``actual_attempt`` the instance's attempt read with ``actual``.
+    """
     if actual is None:
         return NotFound(f"instance {instance_id!r} not found")
     wanted = " or ".join(sorted(s.value for s in expected))
+    if attempt is None:
+        return InvalidState(
+            f"instance {instance_id!r} is {actual}, expected {wanted} to move it to {new}"
+        )
     return InvalidState(
-        f"instance {instance_id!r} is {actual}, expected {wanted} to move it to {new}"
+        f"instance {instance_id!r} is {actual} (attempt {actual_attempt}), expected {wanted} "
+        f"on attempt {attempt} to move it to {new}"
     )
 
 
 def instance_not_found(instance_id: str) -> NotFound:
     return NotFound(f"instance {instance_id!r} not found")
+
+
+# --------------------------------------------------------------------------- the launch fence
+
+
+def launch_admitted(status: str, actual_attempt: int, attempt: int | None) -> bool:
+    """Whether a write from launch ``attempt`` may happen (None: unfenced, always).
+
+    Only the launch that is running may write: once the instance has moved on (finished,
+    suspended, relaunched as a later attempt) a process of an earlier launch that is still
+    talking must not refresh liveness, save steps, consume signals or log events for it.
+    """
+    return attempt is None or (
+        InstanceStatus(status) is InstanceStatus.RUNNING and actual_attempt == attempt
+    )
+
+
+def launch_refused(
+    instance_id: str, status: str | None, actual_attempt: int | None, attempt: int | None
+) -> RuntaraError:
+    """The error for a fenced write that was not admitted (NotFound when there is no instance)."""
+    if status is None:
+        return instance_not_found(instance_id)
+    return InvalidState(
+        f"instance {instance_id!r} is {status} (attempt {actual_attempt}); this write comes from "
+        f"attempt {attempt}, a launch that is no longer running"
+    )
+
+
+def check_launch(
+    instance_id: str, status: str | None, actual_attempt: int | None, attempt: int | None
+) -> None:
+    """Raise unless the instance exists and admits a write from launch ``attempt``.
+
+    ``status`` and ``actual_attempt`` are the instance's, read in the write's own transaction
+    (under its row lock), or None if it does not exist.
+    """
+    if status is None or actual_attempt is None:
+        raise launch_refused(instance_id, None, None, attempt)
+    if not launch_admitted(status, actual_attempt, attempt):
+        raise launch_refused(instance_id, status, actual_attempt, attempt)
+
+
+# --------------------------------------------------------------------------- hibernation
+
+HIBERNATION_REASONS: frozenset[TerminationReason] = frozenset(
+    {TerminationReason.SLEEPING, TerminationReason.WAITING}
+)
+HIBERNATION_BLOCKERS: frozenset[SignalType] = frozenset({SignalType.CANCEL, SignalType.PAUSE})
+"""Pending instance-wide signals that keep an instance from hibernating: the launch must act on
+them (a pending resume asks for nothing a hibernating instance would not do)."""
+
+
+def check_hibernation(
+    reason: TerminationReason, waiting_signal_name: str | None
+) -> TerminationReason:
+    """``reason`` as a member, if it is one a hibernation may have with that signal name."""
+    reason = TerminationReason(reason)
+    if reason not in HIBERNATION_REASONS:
+        raise BadRequest(f"reason must be sleeping or waiting to hibernate, got {reason}")
+    if reason is TerminationReason.WAITING and waiting_signal_name is None:
+        raise BadRequest("waiting_signal_name is required to hibernate waiting on a signal")
+    if reason is TerminationReason.SLEEPING and waiting_signal_name is not None:
+        raise BadRequest("waiting_signal_name must be None to hibernate sleeping")
+    return reason
+
+
+def hibernation_blocked(pending: SignalType | None, signal_queued: bool) -> bool:
+    """Whether a hibernation must not happen: a cancel or pause is pending (the launch has to
+    act on it), or the awaited custom signal is already queued (the wait is over)."""
+    return signal_queued or (pending is not None and SignalType(pending) in HIBERNATION_BLOCKERS)
 
 
 # --------------------------------------------------------------------------- starts and images

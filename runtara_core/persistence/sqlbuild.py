@@ -108,14 +108,18 @@ def transition_statement(
     instance_id: str,
     expected: Iterable[InstanceStatus],
     columns: Mapping[str, Any],
+    attempt: int | None = None,
 ) -> str:
-    """Compare and set: the UPDATE matches no row unless the status is one of ``expected``."""
-    return (
+    """Compare and set: the UPDATE matches no row unless the status is one of ``expected``
+    (and, if ``attempt`` is given, the instance is on that launch attempt)."""
+    sql = (
         f"UPDATE instances SET {set_clause(columns, params)} "
         f"WHERE instance_id = {params(instance_id)} "
         f"AND {params.any_of('status', sorted(expected))} "
-        f"RETURNING {INSTANCE_COLUMNS}"
     )
+    if attempt is not None:
+        sql += f"AND attempt = {params(attempt)} "
+    return sql + f"RETURNING {INSTANCE_COLUMNS}"
 
 
 def claim_due_statement(params: Params, columns: Mapping[str, Any], now_ms: int, limit: int) -> str:

@@ -47,6 +47,7 @@ from runtara_core.persistence.rows import (
     CustomSignalEnqueued,
     CustomSignalRow,
     EventRow,
+    HibernateResult,
     ImageRow,
     InstanceFilter,
     InstanceRow,
@@ -58,6 +59,7 @@ from runtara_core.persistence.rows import (
     Page,
     ProcessExit,
     ReplayEntry,
+    SignalOutcome,
     SignalRow,
     SignalType,
     TerminationReason,
@@ -238,6 +240,39 @@ def _require_instance(conn: sqlite3.Connection, instance_id: str) -> None:
         raise rules.instance_not_found(instance_id)
 
 
+def _admit(conn: sqlite3.Connection, instance_id: str, attempt: int | None) -> None:
+    """The launch fence, inside the write's transaction: NotFound if there is no instance,
+    InvalidState unless it admits a write from launch ``attempt`` (None: any)."""
+    row = _one(conn, "SELECT status, attempt FROM instances WHERE instance_id = ?", instance_id)
+    if row is None:
+        raise rules.instance_not_found(instance_id)
+    rules.check_launch(instance_id, row["status"], row["attempt"], attempt)
+
+
+def _transition(
+    conn: sqlite3.Connection,
+    sql: str,
+    values: list[Any],
+    refusal: Callable[[str | None, int | None], Exception],
+    instance_id: str,
+    event: NewEvent | None,
+    now: int,
+) -> InstanceRow:
+    """Run a compare-and-set ``transition_statement``; on a miss raise ``refusal(status,
+    attempt)`` of the instance as it is; else append ``event`` and return the new row."""
+    row = conn.execute(sql, values).fetchone()
+    if row is None:
+        actual = _one(
+            conn, "SELECT status, attempt FROM instances WHERE instance_id = ?", instance_id
+        )
+        if actual is None:
+            raise rules.instance_not_found(instance_id)
+        raise refusal(actual["status"], actual["attempt"])
+    if event is not None:
+        _insert_event(conn, instance_id, event, now)
+    return instance_from_record(row)
+
+
 def _update_instance(conn: sqlite3.Connection, instance_id: str, sql_set: str, *args: Any) -> None:
     """``UPDATE instances SET <sql_set>`` for one instance; NotFound if there is none."""
     cursor = conn.execute(
@@ -279,6 +314,18 @@ def _checkpoint_state(
 def _pending_signal(conn: sqlite3.Connection, instance_id: str) -> SignalRow | None:
     row = _one(conn, f"SELECT {SIGNAL_COLUMNS} FROM signals WHERE instance_id = ?", instance_id)
     return None if row is None else signal_from_record(row)
+
+
+def _signal_queued(conn: sqlite3.Connection, instance_id: str, name: str) -> bool:
+    """Whether an unconsumed custom signal ``name`` is queued for the instance."""
+    row = _one(
+        conn,
+        "SELECT 1 FROM custom_signals WHERE instance_id = ? AND name = ? "
+        "AND consumed_at_ms IS NULL LIMIT 1",
+        instance_id,
+        name,
+    )
+    return row is not None
 
 
 def _claim_signal_waiters(
@@ -430,34 +477,76 @@ class SqlitePersistence(Persistence):
         reason: TerminationReason | None = None,
         update: InstanceUpdate = NO_UPDATE,
         event: NewEvent | None = None,
+        attempt: int | None = None,
     ) -> InstanceRow:
         allowed = rules.check_expected(expected)
         now = self._clock()
         params = Params(postgres=False)
         sql = transition_statement(
-            params, instance_id, allowed, rules.plan_transition(new, reason, update, now)
+            params, instance_id, allowed, rules.plan_transition(new, reason, update, now), attempt
         )
 
-        def tx(conn: sqlite3.Connection) -> InstanceRow:
-            row = conn.execute(sql, params.values).fetchone()
-            if row is None:
-                actual = _one(
-                    conn, "SELECT status FROM instances WHERE instance_id = ?", instance_id
-                )
-                raise rules.transition_refused(
-                    instance_id, None if actual is None else actual["status"], allowed, new
-                )
-            if event is not None:
-                _insert_event(conn, instance_id, event, now)
-            return instance_from_record(row)
+        def refusal(status: str | None, actual_attempt: int | None) -> Exception:
+            return rules.transition_refused(
+                instance_id, status, allowed, new, actual_attempt=actual_attempt, attempt=attempt
+            )
+
+        return await self._write(
+            lambda c: _transition(c, sql, params.values, refusal, instance_id, event, now)
+        )
+
+    async def hibernate(
+        self,
+        instance_id: str,
+        *,
+        attempt: int,
+        reason: TerminationReason,
+        wake_at_ms: int | None,
+        waiting_signal_name: str | None = None,
+        event: NewEvent | None = None,
+    ) -> HibernateResult:
+        reason = rules.check_hibernation(reason, waiting_signal_name)
+        now = self._clock()
+        update = InstanceUpdate(wake_at_ms=wake_at_ms, waiting_signal_name=waiting_signal_name)
+        params = Params(postgres=False)
+        new = InstanceStatus.SUSPENDED
+        allowed = frozenset({InstanceStatus.RUNNING})
+        sql = transition_statement(
+            params, instance_id, allowed, rules.plan_transition(new, reason, update, now), attempt
+        )
+
+        def refusal(status: str | None, actual_attempt: int | None) -> Exception:
+            return rules.launch_refused(instance_id, status, actual_attempt, attempt)
+
+        def tx(conn: sqlite3.Connection) -> HibernateResult:
+            current = _one(
+                conn, f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = ?", instance_id
+            )
+            if current is None:
+                raise rules.instance_not_found(instance_id)
+            rules.check_launch(instance_id, current["status"], current["attempt"], attempt)
+            slot = _pending_signal(conn, instance_id)
+            queued = waiting_signal_name is not None and _signal_queued(
+                conn, instance_id, waiting_signal_name
+            )
+            if rules.hibernation_blocked(None if slot is None else slot.signal_type, queued):
+                return HibernateResult(False, slot, instance_from_record(current))
+            row = _transition(conn, sql, params.values, refusal, instance_id, event, now)
+            return HibernateResult(True, slot, row)
 
         return await self._write(tx)
 
     # ------------------------------------------------------------------ liveness and metrics
 
-    async def touch_heartbeat(self, instance_id: str) -> None:
+    async def touch_heartbeat(self, instance_id: str, *, attempt: int | None = None) -> None:
         now = self._clock()
-        await self._write(lambda c: _update_instance(c, instance_id, "heartbeat_at_ms = ?", now))
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if attempt is not None:
+                _admit(conn, instance_id, attempt)
+            _update_instance(conn, instance_id, "heartbeat_at_ms = ?", now)
+
+        await self._write(tx)
 
     async def record_process(self, instance_id: str, pid: int, pid_create_time: float) -> None:
         now = self._clock()
@@ -508,11 +597,13 @@ class SqlitePersistence(Persistence):
     # ------------------------------------------------------------------ checkpoints
 
     async def save_checkpoint_if_absent(
-        self, instance_id: str, checkpoint_id: str, state: bytes
+        self, instance_id: str, checkpoint_id: str, state: bytes, *, attempt: int | None = None
     ) -> CheckpointSaveResult:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> CheckpointSaveResult:
+            if attempt is not None:
+                _admit(conn, instance_id, attempt)
             _update_instance(conn, instance_id, "heartbeat_at_ms = ?", now)
             saved = _insert_checkpoint(conn, instance_id, checkpoint_id, state, now)
             stored = state if saved else _checkpoint_state(conn, instance_id, checkpoint_id)
@@ -584,11 +675,13 @@ class SqlitePersistence(Persistence):
 
     # ------------------------------------------------------------------ events
 
-    async def append_event(self, instance_id: str, event: NewEvent) -> EventRow:
+    async def append_event(
+        self, instance_id: str, event: NewEvent, *, attempt: int | None = None
+    ) -> EventRow:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> EventRow:
-            _require_instance(conn, instance_id)
+            _admit(conn, instance_id, attempt)
             return _insert_event(conn, instance_id, event, now)
 
         return await self._write(tx)
@@ -644,13 +737,54 @@ class SqlitePersistence(Persistence):
     async def pending_signal(self, instance_id: str) -> SignalRow | None:
         return await self._read(lambda c: _pending_signal(c, instance_id))
 
-    async def ack_signal(self, instance_id: str, signal_type: SignalType) -> bool:
+    async def ack_signal(
+        self,
+        instance_id: str,
+        signal_type: SignalType,
+        *,
+        outcome: SignalOutcome | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        acked = SignalType(signal_type)
+        now = self._clock()
+        params = Params(postgres=False)
+        sql = ""
+        if outcome is not None:
+            sql = transition_statement(
+                params,
+                instance_id,
+                [InstanceStatus.RUNNING],
+                rules.plan_transition(outcome.status, outcome.reason, NO_UPDATE, now),
+                attempt,
+            )
+
+        def refusal(status: str | None, actual_attempt: int | None) -> Exception:
+            assert outcome is not None
+            return rules.transition_refused(
+                instance_id,
+                status,
+                [InstanceStatus.RUNNING],
+                InstanceStatus(outcome.status),
+                actual_attempt=actual_attempt,
+                attempt=attempt,
+            )
+
         def tx(conn: sqlite3.Connection) -> bool:
+            # The write lock is held from the first statement: the slot read here is the slot
+            # this transaction clears, whatever put_signal calls are waiting.
             cursor = conn.execute(
                 "DELETE FROM signals WHERE instance_id = ? AND signal_type = ?",
-                (instance_id, SignalType(signal_type)),
+                (instance_id, acked),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 0:
+                return False
+            # Raising rolls the DELETE back with everything else: the slot stays.
+            if outcome is not None:
+                event = outcome.event
+                _transition(conn, sql, params.values, refusal, instance_id, event, now)
+            elif attempt is not None:
+                _admit(conn, instance_id, attempt)
+            return True
 
         return await self._write(tx)
 
@@ -681,11 +815,13 @@ class SqlitePersistence(Persistence):
         return await self._write(tx)
 
     async def consume_custom_signal(
-        self, instance_id: str, name: str, checkpoint_id: str
+        self, instance_id: str, name: str, checkpoint_id: str, *, attempt: int | None = None
     ) -> CustomSignalConsumed:
         now = self._clock()
 
         def tx(conn: sqlite3.Connection) -> CustomSignalConsumed:
+            if attempt is not None:
+                _admit(conn, instance_id, attempt)
             _update_instance(conn, instance_id, "heartbeat_at_ms = ?", now)
             stored = _checkpoint_state(conn, instance_id, checkpoint_id)
             if stored is not None:

@@ -190,6 +190,8 @@ class GetCheckpointResponse(Message):
 class SleepResponse(Message):
     wake_at_ms: int
     hibernate: bool
+    pending_signal: PendingSignal | None = None
+    """A pending cancel or pause keeps a long sleep from hibernating: act on it first."""
 
 
 class WaitSignalResponse(Message):
@@ -198,6 +200,8 @@ class WaitSignalResponse(Message):
     hibernate: bool = False
     timed_out: bool = False
     """The wait's checkpoint records a timeout (an empty state, saved by the instance)."""
+    pending_signal: PendingSignal | None = None
+    """A pending cancel or pause keeps a long wait from hibernating: act on it first."""
 
 
 class PollSignalsResponse(Message):

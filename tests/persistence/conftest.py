@@ -117,6 +117,19 @@ class OtherTransaction:
             assert self._sqlite is not None
             await asyncio.to_thread(self._sqlite.execute, sql)
 
+    def blob(self, data: bytes) -> str:
+        """``data`` as a literal of the dialect (SQLite X'..', PostgreSQL bytea)."""
+        return f"'\\x{data.hex()}'::bytea" if self.postgres else f"X'{data.hex()}'"
+
+    async def lock_instance(self, instance_id: str) -> None:
+        """Hold the instance row as the store's per-instance writers do (put_signal, enqueue,
+        hibernate, ...) before they write: on PostgreSQL its row lock; SQLite's BEGIN IMMEDIATE
+        already holds the one write lock."""
+        if self.postgres:
+            await self.execute(
+                f"SELECT 1 FROM instances WHERE instance_id = '{instance_id}' FOR NO KEY UPDATE"
+            )
+
     async def commit(self) -> None:
         await self.execute("COMMIT")
 

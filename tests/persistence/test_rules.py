@@ -18,7 +18,7 @@ from runtara_core.persistence import (
     TerminationReason,
     rules,
 )
-from runtara_core.persistence.sqlbuild import Params, instance_filter_clause
+from runtara_core.persistence.sqlbuild import Params, instance_filter_clause, transition_statement
 
 signals = st.sampled_from(SignalType)
 
@@ -104,6 +104,70 @@ def test_transition_refusals() -> None:
         rules.check_expected([])
 
 
+def test_transition_refusals_with_an_attempt() -> None:
+    refused = rules.transition_refused(
+        "i",
+        "running",
+        [InstanceStatus.RUNNING],
+        InstanceStatus.SUSPENDED,
+        actual_attempt=3,
+        attempt=2,
+    )
+    assert isinstance(refused, InvalidState)
+    assert refused.message == (
+        "instance 'i' is running (attempt 3), expected running on attempt 2 to move it to suspended"
+    )
+
+
+@given(
+    st.sampled_from(InstanceStatus),
+    st.integers(min_value=1, max_value=4),
+    st.none() | st.integers(min_value=1, max_value=4),
+)
+def test_the_launch_fence_admits_only_the_running_attempt(
+    status: InstanceStatus, actual: int, attempt: int | None
+) -> None:
+    admitted = attempt is None or (status is InstanceStatus.RUNNING and actual == attempt)
+    assert rules.launch_admitted(status, actual, attempt) is admitted
+    assert rules.launch_admitted(status.value, actual, attempt) is admitted  # as read from SQL
+    if admitted:
+        rules.check_launch("i", status, actual, attempt)
+    else:
+        with pytest.raises(InvalidState) as caught:
+            rules.check_launch("i", status, actual, attempt)
+        assert caught.value.message == (
+            f"instance 'i' is {status} (attempt {actual}); this write comes from attempt "
+            f"{attempt}, a launch that is no longer running"
+        )
+
+
+def test_the_launch_fence_of_a_missing_instance_is_not_found() -> None:
+    with pytest.raises(NotFound):
+        rules.check_launch("i", None, None, 1)
+    with pytest.raises(NotFound):
+        rules.check_launch("i", None, None, None)
+
+
+def test_hibernation_rules() -> None:
+    assert rules.check_hibernation(TerminationReason.SLEEPING, None) is TerminationReason.SLEEPING
+    waiting = rules.check_hibernation("waiting", "approval")  # type: ignore[arg-type]
+    assert waiting is TerminationReason.WAITING
+    for reason in set(TerminationReason) - {TerminationReason.SLEEPING, TerminationReason.WAITING}:
+        with pytest.raises(BadRequest, match="^BAD_REQUEST: reason"):
+            rules.check_hibernation(reason, None)
+    with pytest.raises(BadRequest, match="required"):
+        rules.check_hibernation(TerminationReason.WAITING, None)
+    with pytest.raises(BadRequest, match="must be None"):
+        rules.check_hibernation(TerminationReason.SLEEPING, "approval")
+
+    assert not rules.hibernation_blocked(None, False)
+    assert not rules.hibernation_blocked(SignalType.RESUME, False)
+    assert rules.hibernation_blocked(SignalType.CANCEL, False)
+    assert rules.hibernation_blocked(SignalType.PAUSE, False)
+    assert rules.hibernation_blocked(None, True)
+    assert rules.hibernation_blocked("pause", False)  # type: ignore[arg-type]
+
+
 def _stored(tenant: str, image_id: str | None) -> InstanceRow:
     return InstanceRow(
         instance_id="i",
@@ -163,6 +227,18 @@ def test_params_placeholders_per_dialect() -> None:
     assert sqlite.skip_locked() == ""
     assert postgres.skip_locked("w") == " FOR NO KEY UPDATE OF w SKIP LOCKED"
     assert (sqlite.unindexed("status"), postgres.unindexed("status")) == ("+status", "status")
+
+
+def test_transition_statement_requires_the_attempt_when_given() -> None:
+    plain, fenced = Params(postgres=True), Params(postgres=True)
+    columns = {"status": InstanceStatus.COMPLETED}
+
+    unfenced_sql = transition_statement(plain, "i", [InstanceStatus.RUNNING], columns)
+    fenced_sql = transition_statement(fenced, "i", [InstanceStatus.RUNNING], columns, 2)
+
+    assert "attempt" not in unfenced_sql.split("RETURNING")[0]
+    assert "AND attempt = $4 RETURNING" in fenced_sql
+    assert fenced.values == [InstanceStatus.COMPLETED, "i", [InstanceStatus.RUNNING], 2]
 
 
 def test_instance_filter_clause() -> None:

@@ -6,16 +6,24 @@ import asyncio
 
 import pytest
 
-from runtara_core.errors import BadRequest, NotFound
+from runtara_core.errors import BadRequest, InvalidState, NotFound
 from runtara_core.persistence import (
+    EventType,
     InstanceStatus,
     InstanceUpdate,
+    NewEvent,
     Persistence,
+    SignalOutcome,
     SignalType,
     TerminationReason,
 )
 from tests.conftest import Backend, FakeClock
-from tests.persistence.conftest import MakeInstance, other_transaction, run_into
+from tests.persistence.conftest import (
+    IN_FLIGHT_S,
+    MakeInstance,
+    other_transaction,
+    run_into,
+)
 
 RUNNING = InstanceStatus.RUNNING
 SUSPENDED = InstanceStatus.SUSPENDED
@@ -98,6 +106,177 @@ async def test_signal_to_unknown_instance_is_not_found(persistence: Persistence)
         await persistence.put_signal("missing", CANCEL)
     assert await persistence.pending_signal("missing") is None
     assert not await persistence.ack_signal("missing", CANCEL)
+
+
+# --------------------------------------------------------------------------- acknowledging
+
+PAUSED = SignalOutcome(
+    SUSPENDED, TerminationReason.PAUSED, NewEvent(EventType.SUSPENDED, subtype="paused")
+)
+
+
+async def test_ack_with_an_outcome_moves_the_instance_and_clears_the_slot(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    row = await make_instance(status=RUNNING, update=InstanceUpdate(attempt=2))
+    await persistence.put_signal(row.instance_id, PAUSE)
+    clock.advance(100)
+
+    acked = await persistence.ack_signal(row.instance_id, PAUSE, outcome=PAUSED, attempt=2)
+
+    assert acked
+    after = await persistence.get_instance(row.instance_id)
+    assert after is not None
+    assert (after.status, after.termination_reason) == (SUSPENDED, TerminationReason.PAUSED)
+    assert after.updated_at_ms == clock() and after.attempt == 2
+    assert await persistence.pending_signal(row.instance_id) is None
+    events = await persistence.list_events(row.instance_id)
+    assert [(e.type, e.subtype, e.created_at_ms) for e in events] == [
+        (EventType.SUSPENDED, "paused", clock())
+    ]
+
+
+async def test_ack_with_an_outcome_of_another_signal_changes_nothing(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+    cancel = await persistence.put_signal(row.instance_id, CANCEL)
+    empty = await make_instance(status=RUNNING)
+
+    assert not await persistence.ack_signal(row.instance_id, PAUSE, outcome=PAUSED, attempt=1)
+    assert not await persistence.ack_signal(empty.instance_id, PAUSE, outcome=PAUSED)
+    assert not await persistence.ack_signal("missing", PAUSE, outcome=PAUSED, attempt=1)
+
+    assert await persistence.get_instance(row.instance_id) == row
+    assert await persistence.get_instance(empty.instance_id) == empty
+    assert await persistence.pending_signal(row.instance_id) == cancel
+    assert await persistence.list_events(row.instance_id) == []
+
+
+@pytest.mark.parametrize(
+    ("status", "attempt", "shown"),
+    [
+        pytest.param(RUNNING, 2, "is running (attempt 2)", id="other-attempt"),
+        pytest.param(SUSPENDED, 1, "is suspended (attempt 1)", id="not-running"),
+    ],
+)
+async def test_ack_whose_outcome_is_refused_keeps_the_signal(
+    persistence: Persistence,
+    make_instance: MakeInstance,
+    status: InstanceStatus,
+    attempt: int,
+    shown: str,
+) -> None:
+    row = await make_instance(status=status, update=InstanceUpdate(attempt=attempt))
+    pause = await persistence.put_signal(row.instance_id, PAUSE)
+
+    with pytest.raises(InvalidState) as caught:
+        await persistence.ack_signal(row.instance_id, PAUSE, outcome=PAUSED, attempt=1)
+
+    assert caught.value.message == (
+        f"instance {row.instance_id!r} {shown}, expected running on attempt 1 to move it to "
+        "suspended"
+    )
+    assert await persistence.get_instance(row.instance_id) == row
+    assert await persistence.pending_signal(row.instance_id) == pause
+    assert await persistence.list_events(row.instance_id) == []
+
+
+async def test_ack_with_an_outcome_but_no_attempt_needs_running(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING, update=InstanceUpdate(attempt=4))
+    paused = await make_instance(status=SUSPENDED, reason=TerminationReason.PAUSED)
+    await persistence.put_signal(row.instance_id, CANCEL)
+    await persistence.put_signal(paused.instance_id, CANCEL)
+    cancelled = SignalOutcome(InstanceStatus.CANCELLED, TerminationReason.CANCELLED)
+
+    assert await persistence.ack_signal(row.instance_id, CANCEL, outcome=cancelled)
+    with pytest.raises(InvalidState, match="is suspended, expected running"):
+        await persistence.ack_signal(paused.instance_id, CANCEL, outcome=cancelled)
+
+    after = await persistence.get_instance(row.instance_id)
+    assert after is not None and after.status is InstanceStatus.CANCELLED
+    assert after.finished_at_ms is not None
+    assert await persistence.list_events(row.instance_id) == []  # no event asked for
+    assert await persistence.pending_signal(paused.instance_id) is not None
+
+
+async def test_ack_with_only_an_attempt_is_fenced(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING, update=InstanceUpdate(attempt=2))
+    await persistence.put_signal(row.instance_id, RESUME)
+
+    with pytest.raises(InvalidState, match="this write comes from attempt 1"):
+        await persistence.ack_signal(row.instance_id, RESUME, attempt=1)
+    assert await persistence.pending_signal(row.instance_id) is not None
+
+    assert await persistence.ack_signal(row.instance_id, RESUME, attempt=2)
+    assert await persistence.pending_signal(row.instance_id) is None
+    assert await persistence.get_instance(row.instance_id) == row
+
+
+@pytest.mark.parametrize("cancel_first", [True, False], ids=["cancel-first", "ack-first"])
+async def test_a_cancel_racing_the_ack_of_a_pause_is_never_lost(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance, cancel_first: bool
+) -> None:
+    """The ack of a pause and a cancel both wait on a third writer, then run in arrival order.
+
+    The ack checks and clears the slot atomically with its transition, so:
+    - cancel first: it replaced the pause, the ack finds no pause, returns False and changes
+      nothing (the launch goes on to see the cancel);
+    - ack first: the instance is paused and the slot empty when the cancel lands, so the cancel
+      waits in the slot of the suspended instance (the environment cancels those directly).
+    Never paused with the slot cleared of a cancel that came first.
+    """
+    row = await make_instance(status=RUNNING)
+    await persistence.put_signal(row.instance_id, PAUSE)
+    canceller = await backend.open()
+    await canceller.pending_signal(row.instance_id)  # connected before the race starts
+
+    async with other_transaction(backend) as writer:
+        await writer.lock_instance(row.instance_id)
+        ack = persistence.ack_signal(row.instance_id, PAUSE, outcome=PAUSED, attempt=1)
+        cancel = canceller.put_signal(row.instance_id, CANCEL, b"stop")
+        first, second = (cancel, ack) if cancel_first else (ack, cancel)
+        started = asyncio.ensure_future(first)
+        await asyncio.sleep(IN_FLIGHT_S / 2)
+        results = await run_into(writer, started, second)
+
+    acked = results[1] if cancel_first else results[0]
+    after = await persistence.get_instance(row.instance_id)
+    pending = await persistence.pending_signal(row.instance_id)
+    assert after is not None and pending is not None
+    assert (pending.signal_type, pending.payload) == (CANCEL, b"stop")
+    if backend.kind == "postgres":  # row-lock waiters go in arrival order
+        assert acked is (not cancel_first)
+    # SQLite's busy handler lets waiting writers retry in no set order: check whichever won.
+    if not acked:
+        assert after == row
+        assert await persistence.list_events(row.instance_id) == []
+    else:
+        assert acked is True
+        assert (after.status, after.termination_reason) == (SUSPENDED, TerminationReason.PAUSED)
+
+
+async def test_a_cancel_racing_the_ack_of_a_pause_is_seen_or_left_pending(
+    backend: Backend, persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    canceller = await backend.open()
+    for _ in range(30):
+        row = await make_instance(status=RUNNING)
+        await persistence.put_signal(row.instance_id, PAUSE)
+
+        acked, _put = await asyncio.gather(
+            persistence.ack_signal(row.instance_id, PAUSE, outcome=PAUSED, attempt=1),
+            canceller.put_signal(row.instance_id, CANCEL),
+        )
+
+        after = await persistence.get_instance(row.instance_id)
+        pending = await persistence.pending_signal(row.instance_id)
+        assert after is not None and pending is not None and pending.signal_type is CANCEL
+        assert after.status is (SUSPENDED if acked else RUNNING)
 
 
 # --------------------------------------------------------------------------- custom signals

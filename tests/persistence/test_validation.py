@@ -23,7 +23,9 @@ from runtara_core.persistence import (
     NewInstance,
     Persistence,
     ProcessExit,
+    SignalOutcome,
     SignalType,
+    TerminationReason,
 )
 from runtara_core.persistence.rows import check_call
 from tests.persistence.conftest import MakeInstance
@@ -109,6 +111,85 @@ BAD_CALLS: list[tuple[str, str, BadCall]] = [
         lambda p, i: p.record_exit_metrics(i, ProcessExit(0, peak_rss_bytes=2**64)),
     ),
     ("str-pid", "pid", lambda p, i: p.record_process(i, "42", 1.0)),
+    # the launch fence: an attempt is an int >= 1
+    (
+        "float-attempt",
+        "attempt",
+        lambda p, i: p.save_checkpoint_if_absent(i, "c", b"", attempt=1.0),
+    ),
+    ("zero-attempt", "attempt", lambda p, i: p.touch_heartbeat(i, attempt=0)),
+    (
+        "bool-attempt",
+        "attempt",
+        lambda p, i: p.append_event(i, NewEvent(EventType.CUSTOM), attempt=True),
+    ),
+    ("str-attempt", "attempt", lambda p, i: p.consume_custom_signal(i, "n", "c", attempt="1")),
+    (
+        "zero-transition-attempt",
+        "attempt",
+        lambda p, i: p.transition(i, [RUNNING], RUNNING, attempt=0),
+    ),
+    (
+        "none-hibernate-attempt",
+        "attempt",
+        lambda p, i: p.hibernate(
+            i, attempt=None, reason=TerminationReason.SLEEPING, wake_at_ms=None
+        ),
+    ),
+    # hibernation: sleeping, or waiting on a name
+    (
+        "hibernate-paused",
+        "reason",
+        lambda p, i: p.hibernate(i, attempt=1, reason=TerminationReason.PAUSED, wake_at_ms=None),
+    ),
+    (
+        "hibernate-bogus-reason",
+        "reason",
+        lambda p, i: p.hibernate(i, attempt=1, reason="dozing", wake_at_ms=None),
+    ),
+    (
+        "float-hibernate-wake",
+        "wake_at_ms",
+        lambda p, i: p.hibernate(
+            i, attempt=1, reason=TerminationReason.SLEEPING, wake_at_ms=1.5
+        ),
+    ),
+    (
+        "waiting-without-name",
+        "waiting_signal_name",
+        lambda p, i: p.hibernate(i, attempt=1, reason=TerminationReason.WAITING, wake_at_ms=None),
+    ),
+    (
+        "sleeping-with-name",
+        "waiting_signal_name",
+        lambda p, i: p.hibernate(
+            i,
+            attempt=1,
+            reason=TerminationReason.SLEEPING,
+            wake_at_ms=None,
+            waiting_signal_name="x",
+        ),
+    ),
+    (
+        "empty-waiting-name",
+        "waiting_signal_name",
+        lambda p, i: p.hibernate(
+            i, attempt=1, reason=TerminationReason.WAITING, wake_at_ms=None, waiting_signal_name=""
+        ),
+    ),
+    # signal outcomes
+    (
+        "outcome-not-an-outcome",
+        "outcome",
+        lambda p, i: p.ack_signal(i, SignalType.PAUSE, outcome="paused"),
+    ),
+    (
+        "outcome-unknown-status",
+        "status",
+        lambda p, i: p.ack_signal(
+            i, SignalType.PAUSE, outcome=SignalOutcome("asleep", TerminationReason.PAUSED)
+        ),
+    ),
     # payloads, states and inputs: bytes
     ("none-payload", "payload", lambda p, i: p.enqueue_custom_signal(i, "n", None)),
     ("none-signal-payload", "payload", lambda p, i: p.put_signal(i, SignalType.PAUSE, None)),
