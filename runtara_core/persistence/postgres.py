@@ -160,6 +160,21 @@ SELECT status, attempt FROM inst
 """
 
 
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A pool connection released without asyncpg's reset query.
+
+    asyncpg sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every
+    release: a full round trip per operation, for state this store never leaves behind. Pooled
+    connections hold no session state between uses: settings come only from the connect-time
+    ``server_settings``; LISTEN runs on a dedicated connection (``signal_channel``); the one
+    session advisory lock (migrations) is unlocked in a ``finally``, and a lost connection drops
+    it. An open transaction is still rolled back on release (asyncpg always does that).
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class PostgresPersistence(Persistence):
     """Use ``open()``; the constructor only wraps an existing pool."""
 
@@ -202,7 +217,11 @@ class PostgresPersistence(Persistence):
                 raise BadRequest(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
             server_settings["search_path"] = schema
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, server_settings=server_settings
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            server_settings=server_settings,
+            connection_class=PooledConnection,
         )
         store = cls(pool, clock=clock, schema=schema, migrations_dir=migrations_dir, dsn=dsn)
         try:

@@ -164,3 +164,16 @@ INSERT INTO t VALUES (';');
     assert statements[1].endswith("END;") and "RAISE" in statements[1]
     with pytest.raises(ConfigError, match="incomplete"):
         split_sqlite_script("CREATE TABLE t (x INTEGER)\n")
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_pooled_connections_keep_no_session_state_between_uses(backend) -> None:
+    """The pool skips asyncpg's per-release reset query, so nothing may rely on it."""
+    from runtara_core.persistence.postgres import PooledConnection
+
+    store = await backend.open()
+    pool = store._pool
+    async with pool.acquire() as conn:
+        assert isinstance(conn._con, PooledConnection) and conn._con.get_reset_query() == ""
+        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()") == 0
+        assert await conn.fetchval("SELECT count(*) FROM pg_listening_channels()") == 0
