@@ -314,7 +314,7 @@ class RpcClient:
         loop = asyncio.get_running_loop()
         family, sockaddr = await loop.run_in_executor(None, resolve, self.host, self.port)
         configuration = client_configuration(
-            self.alpn, self._tls, self.host, self.options.idle_timeout_s
+            self.alpn, self._tls, self.host, self.options.idle_timeout_s, sockaddr[0]
         )
         quic = QuicConnection(configuration=configuration)
         transport, protocol = await loop.create_datagram_endpoint(

@@ -341,7 +341,7 @@ class RpcServer:
         self.alpn = alpn
         self.routes = routes
         self.limits = limits
-        self._configuration = server_configuration(alpn, tls, limits.idle_timeout_s)
+        self._tls = tls
         self._on_connect = on_connect
         self._listener: QuicServer | None = None
         self._connections: set[RpcServerProtocol] = set()
@@ -352,7 +352,10 @@ class RpcServer:
         """Listen on ``host:port`` (port 0 picks a free one); returns the bound address."""
         loop = asyncio.get_running_loop()
         sock = bound_server_socket(host, port)
-        listener = QuicServer(configuration=self._configuration, create_protocol=self._new_protocol)
+        configuration = server_configuration(
+            self.alpn, self._tls, self.limits.idle_timeout_s, sock.getsockname()[0]
+        )
+        listener = QuicServer(configuration=configuration, create_protocol=self._new_protocol)
         await loop.create_datagram_endpoint(lambda: listener, sock=sock)
         self._listener = listener
         self.draining = False

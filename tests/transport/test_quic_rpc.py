@@ -388,3 +388,26 @@ async def test_pushes_beyond_the_clients_stream_credit_are_dropped(server, make_
         while len(received) < sent.count(True):
             await asyncio.sleep(0.02)
     assert (await client.call(Echo(text="ok")))["text"] == "ok"
+
+
+def test_large_datagrams_only_where_the_path_never_leaves_the_host():
+    from runtara_core.transport.quic_config import (
+        INTERNET_DATAGRAM_BYTES,
+        LOOPBACK_DATAGRAM_BYTES,
+        datagram_size_for,
+    )
+
+    assert datagram_size_for("127.0.0.1") == datagram_size_for("::1") == LOOPBACK_DATAGRAM_BYTES
+    assert datagram_size_for("127.8.9.1") == LOOPBACK_DATAGRAM_BYTES
+    for remote in ("10.0.0.5", "192.168.1.2", "2001:db8::1", "0.0.0.0", "::", "not-an-ip"):
+        assert datagram_size_for(remote) == INTERNET_DATAGRAM_BYTES
+
+
+async def test_both_ends_of_a_loopback_connection_use_large_datagrams(server, make_client):
+    from runtara_core.transport.quic_config import LOOPBACK_DATAGRAM_BYTES
+
+    client = await make_client(server.address[1])
+    assert (await client.call(Echo(text="x" * 50_000)))["text"] == "x" * 50_000
+    (connection,) = server._connections
+    assert connection._quic._max_datagram_size == LOOPBACK_DATAGRAM_BYTES
+    assert client._protocol._quic._max_datagram_size == LOOPBACK_DATAGRAM_BYTES
