@@ -361,6 +361,9 @@ class InstanceService:
                 if outcome is not None:
                     binding.end(str(outcome.reason))
                 return Empty()
+            if outcome is not None and await self._shows(binding, outcome):
+                binding.end(str(outcome.reason))  # committed while its handler was cancelled
+                return Empty()
         elif outcome is not None and binding.ended == str(outcome.reason):
             return Empty()  # a retry of the acknowledgement that ended this launch
         pending = await self._db.pending_signal(binding.instance_id)
@@ -368,6 +371,16 @@ class InstanceService:
         raise InvalidState(
             f"no {signal} signal is pending for instance {binding.instance_id!r} (the slot holds "
             f"{holding}); acknowledge the signal that poll_signals returns"
+        )
+
+    async def _shows(self, binding: InstanceBinding, outcome: SignalOutcome) -> bool:
+        """Whether this launch's instance already shows ``outcome`` (an acknowledgement retried)."""
+        row = await self._db.get_instance(binding.instance_id)
+        return (
+            row is not None
+            and row.attempt == binding.attempt
+            and row.status is outcome.status
+            and row.termination_reason is outcome.reason
         )
 
     # ------------------------------------------------------------------ events
@@ -418,24 +431,39 @@ class InstanceService:
         if binding.ended == str(status):
             return  # the same report again on this connection (its response was lost)
         binding = active(session)
-        await self._db.transition(
-            binding.instance_id,
-            RUNNING,
-            status,
-            reason=reason,
-            update=update,
-            event=event,
-            attempt=binding.attempt,
-        )
+        try:
+            await self._db.transition(
+                binding.instance_id,
+                RUNNING,
+                status,
+                reason=reason,
+                update=update,
+                event=event,
+                attempt=binding.attempt,
+            )
+        except InvalidState:
+            # The same report may have committed while its handler was cancelled (the client
+            # timed out): identical output or error on this attempt means it is a retry.
+            row = await self._db.get_instance(binding.instance_id)
+            if (
+                row is None
+                or row.status is not status
+                or row.attempt != binding.attempt
+                or any(getattr(row, name) != value for name, value in update.assignments().items())
+            ):
+                raise
         binding.end(str(status))
 
     async def _suspended_event(self, session: Session, payload: bytes | None) -> None:
         """An audit record that a hibernated launch is exiting: once, and only then."""
         binding = bound(session)
-        if binding.ended is None or not binding.ended.startswith("hibernated"):
+        exiting = binding.ended is not None and (
+            binding.ended.startswith("hibernated") or binding.ended == str(TerminationReason.PAUSED)
+        )
+        if not exiting:
             raise InvalidState(
                 "an instance suspends through sleep, wait_signal or acknowledging a pause; "
-                "a 'suspended' event only records that a hibernated launch is exiting"
+                "a 'suspended' event only records that a hibernated or paused launch is exiting"
             )
         if binding.exit_recorded:
             return

@@ -129,9 +129,10 @@ class RpcServerProtocol(RpcConnectionProtocol):
             self._abandon(event.stream_id)  # the request will never arrive in full
         elif isinstance(event, events.StopSendingReceived):
             # The client no longer wants the answer; ignore the rest of a request still arriving.
-            if event.stream_id in self._readers:
-                self._refused.add(event.stream_id)
+            still_arriving = event.stream_id in self._readers
             self._abandon(event.stream_id)
+            if still_arriving:
+                self._refused.add(event.stream_id)
         elif isinstance(event, events.HandshakeCompleted):
             self._cancel_handshake_deadline()
         elif isinstance(event, events.ConnectionTerminated):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from runtara_core.errors import InvalidState
-from runtara_core.persistence import InstanceStatus, InstanceUpdate, SignalType, TerminationReason
+from runtara_core.persistence import EventType, InstanceStatus, InstanceUpdate, SignalType, TerminationReason
 from runtara_core.wire.messages import (
     AckSignalRequest,
     CheckpointRequest,
@@ -117,3 +119,33 @@ async def test_acknowledging_pause_after_a_cancel_replaced_it_is_refused(core: C
     assert await core.status(row.instance_id) is InstanceStatus.RUNNING
     await client.call(AckSignalRequest(signal_type="cancel"))
     assert await core.status(row.instance_id) is InstanceStatus.CANCELLED
+
+
+async def test_a_report_that_committed_after_its_caller_gave_up_may_be_repeated(core: Core, backend) -> None:
+    from runtara_core.errors import RequestTimeout
+    from tests.persistence.conftest import other_transaction
+
+    client, row = await core.running_instance()
+    async with other_transaction(backend) as blocker:
+        await blocker.lock_instance(row.instance_id)
+        with pytest.raises(RequestTimeout):  # the client gives up; the server's write is queued
+            await client.call(EventRequest(type="completed", payload=b"out"), timeout_s=0.3)
+        await blocker.commit()
+    for _ in range(200):  # bounded: until the abandoned write has landed (or was rolled back)
+        if await core.status(row.instance_id) is not InstanceStatus.RUNNING:
+            break
+        await asyncio.sleep(0.02)
+    await client.call(EventRequest(type="completed", payload=b"out"))  # the retry succeeds either way
+    instance = await core.persistence.get_instance(row.instance_id)
+    assert instance is not None and (instance.status, instance.output) == (InstanceStatus.COMPLETED, b"out")
+    with pytest.raises(InvalidState):
+        await client.call(EventRequest(type="failed", payload=b"other"))
+
+
+async def test_a_paused_launch_records_its_exit(core: Core) -> None:
+    client, row = await core.running_instance()
+    await core.persistence.put_signal(row.instance_id, SignalType.PAUSE)
+    await client.call(AckSignalRequest(signal_type="pause"))
+    await client.call(EventRequest(type="suspended", payload=b"bye"))
+    events = await core.persistence.list_events(row.instance_id)
+    assert [(e.type, e.subtype) for e in events][-1] == (EventType.SUSPENDED, "exiting")

@@ -411,3 +411,20 @@ async def test_both_ends_of_a_loopback_connection_use_large_datagrams(server, ma
     (connection,) = server._connections
     assert connection._quic._max_datagram_size == LOOPBACK_DATAGRAM_BYTES
     assert client._protocol._quic._max_datagram_size == LOOPBACK_DATAGRAM_BYTES
+
+
+async def test_the_rest_of_a_request_whose_answer_was_declined_is_ignored(server, make_client, recorder):
+    client = await make_client(server.address[1])
+    quic = client._protocol._quic
+    stream_id = quic.get_next_available_stream_id()
+    quic.send_stream_data(stream_id, b"\x00\x00\x00")  # a request begins...
+    client._protocol.transmit()
+    await asyncio.sleep(0.1)
+    quic.stop_stream(stream_id, 0x1)  # ...the client declines the answer...
+    # ...and the rest arrives; were it read afresh, it would hold a whole request of its own.
+    quic.send_stream_data(stream_id, encode_frame(Slow(seconds=0.0).to_wire()), end_stream=True)
+    client._protocol.transmit()
+    await asyncio.sleep(0.2)
+    (connection,) = server._connections
+    assert recorder.finished == 0 and connection.in_flight == 0 and not connection._readers
+    assert (await client.call(Echo(text="ok")))["text"] == "ok"
