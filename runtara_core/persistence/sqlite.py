@@ -133,8 +133,11 @@ def _group_tx(fns: list[Tx[Any]], conn: sqlite3.Connection) -> list[Any]:
     Each function runs inside its own savepoint, so one that raises is rolled back alone and
     gets its exception, exactly as if it had run in a transaction of its own; the others commit.
     The result list holds each function's return value or exception. If the COMMIT itself
-    fails, the whole group fails with it (nothing was committed).
+    fails, the whole group fails with it (nothing was committed). A group of one (the idle
+    store's usual case, on the checkpoint path) needs no savepoint: its ROLLBACK undoes it.
     """
+    if len(fns) == 1:
+        return [_lone_tx(fns[0], conn)]
     conn.execute("BEGIN IMMEDIATE")
     outcomes: list[Any] = []
     try:
@@ -152,6 +155,23 @@ def _group_tx(fns: list[Tx[Any]], conn: sqlite3.Connection) -> list[Any]:
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+def _lone_tx(fn: Tx[Any], conn: sqlite3.Connection) -> Any:
+    """One write transaction; its exception is returned, as ``_group_tx`` returns them."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except Exception as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return exc
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 class _GroupCommit:
@@ -202,7 +222,7 @@ class _GroupCommit:
                     if isinstance(exc, asyncio.CancelledError):
                         raise
                     continue
-                for (_, future), outcome in zip(group, outcomes):
+                for (_, future), outcome in zip(group, outcomes, strict=True):
                     if future.done():  # the caller was cancelled; its write stands
                         continue
                     if isinstance(outcome, Exception):

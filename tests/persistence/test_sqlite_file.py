@@ -151,6 +151,12 @@ def test_a_group_commit_rolls_back_only_the_write_that_failed() -> None:
         assert isinstance(outcomes[1], ValueError)
         assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 3]
         assert not conn.in_transaction
+        # A group of one, without a savepoint: it fails alone and leaves nothing either.
+        (alone,) = _group_tx([insert(4, fail=True)], conn)
+        assert isinstance(alone, ValueError)
+        assert _group_tx([insert(5)], conn) == [5]
+        assert [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 3, 5]
+        assert not conn.in_transaction
 
 
 async def test_concurrent_writes_are_committed_together_and_fail_alone(tmp_path: Path) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from runtara_core.transport.certs import DevCertificates
 from runtara_core.transport.quic_client import ClientOptions, RpcClient
-from runtara_core.transport.quic_server import RpcServer, ServerLimits, Session
+from runtara_core.transport.quic_server import RpcServer, ServerLimits
 from runtara_core.transport.tls import ClientTls, ServerTls
 from tests.transport.echo_service import ALPN, Recorder, echo_routes
 
