@@ -270,7 +270,9 @@ class InstanceService:
                 )
             record = stored  # a replay: the first call's wake time stands
         pending = result.pending_signal
-        hibernate = should_hibernate(record.wake_at_ms - now, self._hibernate_after)
+        hibernate = request.may_hibernate and should_hibernate(
+            record.wake_at_ms - now, self._hibernate_after
+        )
         if hibernate:
             outcome = await self._hibernate(
                 binding,
@@ -296,7 +298,7 @@ class InstanceService:
                 if consumed.replayed and consumed.payload == TIMEOUT_STATE:
                     return WaitSignalResponse(found=False, timed_out=True)
                 return WaitSignalResponse(found=True, payload=consumed.payload)
-            if not should_hibernate(request.timeout_ms, self._hibernate_after):
+            if not request.may_hibernate or not should_hibernate(request.timeout_ms, self._hibernate_after):
                 return WaitSignalResponse(found=False)
             wake_at = None if request.timeout_ms is None else self._clock() + request.timeout_ms
             outcome = await self._hibernate(

@@ -106,6 +106,8 @@ class SleepRequest(Request):
     checkpoint_id: Identifier
     duration_ms: DurationMs
     state: bytes = b""
+    may_hibernate: bool = True
+    """False: store the wake time but never hibernate (another branch of the workflow is busy)."""
 
 
 class WaitSignalRequest(Request):
@@ -113,6 +115,8 @@ class WaitSignalRequest(Request):
     name: Identifier
     checkpoint_id: Identifier
     timeout_ms: DurationMs | None = None
+    may_hibernate: bool = True
+    """False: never hibernate on this call (another branch of the workflow is busy)."""
 
 
 class PollSignalsRequest(Request):

@@ -59,6 +59,28 @@ async def test_a_long_sleep_hibernates_and_a_replay_sleeps_only_the_remainder(co
     assert await core.status(row.instance_id) is InstanceStatus.RUNNING
 
 
+async def test_a_long_sleep_or_wait_that_may_not_hibernate_stays_in_process_with_its_wake_time_stored(
+    core: Core,
+) -> None:
+    """A parallel workflow asks this while another branch is busy: the wake time is durable
+    (a replay gets it) but the process keeps running."""
+    client, row = await core.running_instance()
+    started = core.clock.now_ms
+    sleep = await client.request(
+        SleepRequest(checkpoint_id="nap", duration_ms=3_600_000, may_hibernate=False), SleepResponse
+    )
+    assert (sleep.wake_at_ms, sleep.hibernate) == (started + 3_600_000, False)
+    wait = await client.request(
+        WaitSignalRequest(name="approval", checkpoint_id="w", timeout_ms=None, may_hibernate=False),
+        WaitSignalResponse,
+    )
+    assert (wait.found, wait.hibernate) == (False, False)
+    assert await core.status(row.instance_id) is InstanceStatus.RUNNING
+    core.clock.advance(1000)
+    later = await client.request(SleepRequest(checkpoint_id="nap", duration_ms=3_600_000), SleepResponse)
+    assert (later.wake_at_ms, later.hibernate) == (started + 3_600_000, True)  # now it may
+
+
 async def test_a_relaunch_during_a_sleep_gets_the_original_wake_time(core: Core) -> None:
     client, row = await core.running_instance()
     started = core.clock.now_ms

@@ -1,0 +1,48 @@
+"""The launcher: ``python -m runtara_sdk`` runs one launch of one instance and exits.
+
+Configured only by the environment's RUNTARA_* variables (see ``InstanceSettings``); exits
+with an ``ExitCode``. It exits without unwinding parked workflow code, so hibernation and
+pause end the process as a crash would: only cancellation and completion run ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+from runtara_sdk.exit_codes import ExitCode
+from runtara_sdk.runner import run_launch
+from runtara_sdk.settings import InstanceSettings
+
+
+def main() -> int:
+    try:
+        settings = InstanceSettings()  # type: ignore[call-arg]
+    except ValidationError as error:
+        problems = "; ".join(
+            f"RUNTARA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
+        )
+        sys.stderr.write(f"runtara_sdk: this process must be launched by the environment ({problems})\n")
+        return ExitCode.CONFIG_ERROR
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=os.environ.get("RUNTARA_LOG_LEVEL", "INFO").upper(),
+        format=f"%(asctime)s %(levelname)s [{settings.instance_id}#{settings.attempt}] %(name)s: %(message)s",
+    )
+    logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic narrates every handshake at INFO
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    # Not asyncio.run: that would cancel the parked workflow and run its finally blocks.
+    return loop.run_until_complete(run_launch(settings))
+
+
+if __name__ == "__main__":
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
