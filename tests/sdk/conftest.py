@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from runtara_core.persistence import InstanceRow, InstanceStatus, InstanceUpdate
+from runtara_core.persistence import InstanceRow, InstanceStatus, InstanceUpdate, SignalType
 from runtara_core.persistence.rules import wall_clock_ms
 from runtara_sdk.exit_codes import ExitCode
 from tests.core.conftest import Core, CoreFactory, start_core  # noqa: F401  (fixture re-export)
@@ -155,6 +155,21 @@ class Instances:
         assert row.status is InstanceStatus.COMPLETED, (row.status, row.termination_reason, row.error)
         return json.loads(row.output or b"null")
 
+    async def send_signal(self, instance_id: str, signal_type: str) -> None:
+        """What the environment's send_signal does: fill the slot, tell core (push)."""
+        await self.core.persistence.put_signal(instance_id, SignalType(signal_type))
+        self.core.server.notifier.signal_stored(instance_id)
+
+    async def send_custom(self, instance_id: str, name: str, payload: Any = None) -> bool:
+        """What send_custom_signal does: queue a JSON payload, tell core. Returns whether it
+        woke the instance from hibernation (to pending)."""
+        enqueued = await self.core.persistence.enqueue_custom_signal(instance_id, name, json.dumps(payload).encode())
+        self.core.server.notifier.custom_signal_stored(instance_id, name, enqueued.signal.id)
+        return enqueued.woken is not None
+
+    async def events(self, instance_id: str) -> list[Any]:
+        return await self.core.persistence.list_events(instance_id, limit=1000)
+
     def kill_all(self) -> None:
         for launch in self.launches:
             launch.kill()
@@ -167,16 +182,29 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def instances(start_core: CoreFactory, tmp_path: Path) -> AsyncIterator[Instances]:
-    core = await start_core()
-    harness = Instances(core, tmp_path)
+async def make_instances(start_core: CoreFactory, tmp_path: Path) -> AsyncIterator[Any]:
+    """``await make_instances(**core_settings)``: a harness over a core with those settings
+    (e.g. ``hibernate_after_ms=500`` to hibernate sooner)."""
+    made: list[Instances] = []
+
+    async def make(**core_settings: Any) -> Instances:
+        harness = Instances(await start_core(**core_settings), tmp_path / f"h{len(made)}")
+        made.append(harness)
+        return harness
+
     try:
-        yield harness
+        yield make
     finally:
-        harness.kill_all()
-        for launch in harness.launches:
-            if launch.process.returncode is None:
-                await launch.process.wait()
+        for harness in made:
+            harness.kill_all()
+            for launch in harness.launches:
+                if launch.process.returncode is None:
+                    await launch.process.wait()
+
+
+@pytest.fixture
+async def instances(make_instances: Any) -> Instances:
+    return await make_instances()
 
 
 __all__ = ["ExitCode", "Instances", "Launch", "read_ledger"]
