@@ -8,7 +8,8 @@ plain `def` step (the SDK runs it in a thread).
 Input keys:
     suppliers (list[str], default five names), sku (str, default "widget-42"),
     quantity (int, default 100),
-    step_delay_s (float, default 0): asyncio.sleep inside each quote step body,
+    step_delay_s (float, default 0): asyncio.sleep inside quote step i's body is
+        step_delay_s * (i + 1), so suppliers answer one after another (slowest last),
     ledger (str, optional): side-effect ledger path for tests.
 Output: {"quotes": [quote per supplier, in input order], "best": quote}; a quote is
     {"quote_id", "supplier", "sku", "quantity", "unit_price", "lead_days", "total"}.
@@ -55,7 +56,7 @@ async def main(ctx: Context, input: dict) -> dict:
 
     ctx.log.info("requesting %d quotes for %d x %s", len(suppliers), quantity, sku)
     quotes = await asyncio.gather(*(
-        ctx.step(f"quote-{i}-{name}", request_quote, name, sku, quantity, ledger, delay)
+        ctx.step(f"quote-{i}-{name}", request_quote, name, sku, quantity, ledger, delay * (i + 1))
         for i, name in enumerate(suppliers)
     ))
     winner = await choose_best(list(quotes), ledger)
