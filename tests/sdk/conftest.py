@@ -182,7 +182,7 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def make_instances(start_core: CoreFactory, tmp_path: Path) -> AsyncIterator[Any]:
+async def make_instances(start_core: CoreFactory, tmp_path: Path) -> AsyncIterator[Any]:  # noqa: F811
     """``await make_instances(**core_settings)``: a harness over a core with those settings
     (e.g. ``hibernate_after_ms=500`` to hibernate sooner)."""
     made: list[Instances] = []
