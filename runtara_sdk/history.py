@@ -69,7 +69,7 @@ def parse_checkpoint_id(checkpoint_id: str) -> ParsedId | None:
     if not sep or ":" not in signature:
         return None
     seq_text, _, part = head.partition(".")
-    if not seq_text.isdigit():
+    if not (seq_text.isascii() and seq_text.isdigit()):  # not '²' or '٣': int() fails or misreads them
         return None
     return ParsedId(int(seq_text), part or None, signature)
 

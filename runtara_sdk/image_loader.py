@@ -30,6 +30,7 @@ def load_entrypoint(image: Path, entrypoint: str | None) -> Callable[..., Any]:
                     f"(RUNTARA_IMAGE_ENTRYPOINT), got {entrypoint!r}"
                 )
             module_name, function = entrypoint.split(":", 1)
+            _check_not_shadowing(module_name.partition(".")[0], image)
             sys.path.insert(0, str(image))
             module = importlib.import_module(module_name)
         else:
@@ -57,11 +58,17 @@ def _file_entry(image: Path, entrypoint: str | None) -> tuple[str, str]:
     module_name = image.stem
     if not module_name.isidentifier():
         raise ImageLoadError(f"image file name {image.name!r} must be a valid Python module name")
+    _check_not_shadowing(module_name, image)
+    return module_name, function
+
+
+def _check_not_shadowing(module_name: str, image: Path) -> None:
+    """An image module named like one already imported (``json``) would silently be that one."""
     if module_name in sys.modules or module_name in sys.stdlib_module_names:
         raise ImageLoadError(
-            f"image file {image.name!r} would shadow the module {module_name!r}; rename the file"
+            f"image {image.name!r}: its module {module_name!r} would shadow the standard or "
+            "already imported module of that name; rename it"
         )
-    return module_name, function
 
 
 def _import_file(image: Path, module_name: str) -> Any:

@@ -30,5 +30,6 @@ class RetryPolicy:
 
     def delay_s(self, failed_try: int, rng: random.Random) -> float:
         """The pause after try ``failed_try`` (1-based) failed."""
-        pause = min(self.max_backoff_s, self.backoff_s * 2 ** (failed_try - 1))
+        # 2.0 ** (capped exponent): an int 2 ** n beyond 1023 would not convert to float (OverflowError)
+        pause = min(self.max_backoff_s, self.backoff_s * 2.0 ** min(failed_try - 1, 1023))
         return pause * rng.uniform(1 - self.jitter, 1.0)

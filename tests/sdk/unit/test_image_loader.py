@@ -225,3 +225,11 @@ def test_file_name_that_is_not_an_identifier_is_refused(tmp_path: Path) -> None:
     image = write(tmp_path / "my-flow.py", WORKFLOW)
     with pytest.raises(ImageLoadError, match="valid Python module name"):
         load_entrypoint(image, None)
+
+
+def test_directory_entrypoint_module_named_like_a_stdlib_module_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "img"
+    folder.mkdir()
+    write(folder / "json.py", WORKFLOW)
+    with pytest.raises(ImageLoadError, match="shadow"):
+        load_entrypoint(folder, "json:main")

@@ -102,6 +102,20 @@ def test_failure_with_custom_init_is_rebuilt_from_its_args() -> None:
     assert (error.code, error.reason) == (402, "declined")
 
 
+class Reworded(Exception):
+    """An exception whose __init__ rewrites its message: its args do not rebuild it."""
+
+    def __init__(self, code: int | str) -> None:
+        super().__init__(f"failed with {code}")
+        self.code = code
+
+
+def test_failure_whose_init_reshapes_its_args_becomes_step_error_not_a_different_error() -> None:
+    error = replay(Reworded(5))
+    assert isinstance(error, StepError)
+    assert error.message == "failed with 5" and error.type_name.endswith("Reworded")
+
+
 def test_failure_note_names_the_step() -> None:
     error = replay(ValueError("x"))
     assert any(STEP_ID in note for note in error.__notes__)
