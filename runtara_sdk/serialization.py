@@ -48,7 +48,14 @@ def _encode_ext(value: Any) -> msgpack.ExtType:
         body = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
         return msgpack.ExtType(EXT_DATACLASS, _pack([class_path(cls), body]))
     if isinstance(value, BaseModel):
-        return msgpack.ExtType(EXT_PYDANTIC, _pack([class_path(cls), value.model_dump(mode="json")]))
+        # Python mode keeps bytes as bytes; other leaves msgpack lacks (datetimes, UUIDs, enums)
+        # go in their JSON form, which the model's validation turns back on load.
+        body = msgpack.packb(
+            [class_path(cls), value.model_dump(mode="python")],
+            default=pydantic_core.to_jsonable_python,
+            use_bin_type=True,
+        )
+        return msgpack.ExtType(EXT_PYDANTIC, body)
     raise TypeError(f"a {cls.__module__}.{cls.__qualname__} is not JSON-compatible, a dataclass or a pydantic model")
 
 

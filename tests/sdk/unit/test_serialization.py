@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from typing import Any
 
 import msgpack
@@ -46,6 +47,12 @@ class Customer(BaseModel):
     tags: list[str]
     address: Address
     balance: float = 0.0
+
+
+class Attachment(BaseModel):
+    name: str
+    data: bytes
+    sent_at: datetime.datetime
 
 
 @dataclasses.dataclass
@@ -254,3 +261,9 @@ def test_from_json_null_is_none() -> None:
 def test_from_json_invalid_names_what(data: bytes) -> None:
     with pytest.raises(SerializationError, match="^the instance input is not valid JSON"):
         from_json(data, "the instance input")
+
+
+def test_a_pydantic_model_with_binary_bytes_and_a_datetime_round_trips() -> None:
+    value = Attachment(name="scan", data=b"\xff\x00\xfe", sent_at=datetime.datetime(2026, 1, 2, 3, 4, tzinfo=datetime.UTC))
+    back = loads(dumps(value, "attachment"))
+    assert type(back) is Attachment and back == value
