@@ -87,6 +87,18 @@ async def forever() -> NoReturn:
     raise AssertionError("unreachable")
 
 
+class WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """``ctx.log``: tags records with the instance id and stays quiet while replaying (the
+    lines were written by the launch that first ran that code)."""
+
+    def __init__(self, context: Context) -> None:
+        super().__init__(logging.getLogger("runtara.workflow"), {"instance_id": context.instance_id})
+        self._context = context
+
+    def isEnabledFor(self, level: int) -> bool:
+        return not self._context.replaying and super().isEnabledFor(level)
+
+
 class Context:
     """One launch of one workflow instance, as its code sees it."""
 
@@ -96,7 +108,7 @@ class Context:
             raise RuntimeError("the client must be connected (registered) before a Context is made")
         self.instance_id = client.instance_id
         self.attempt = registration.attempt
-        self.log = logging.LoggerAdapter(logging.getLogger("runtara.workflow"), {"instance_id": self.instance_id})
+        self.log: logging.LoggerAdapter[logging.Logger] = WorkflowLogger(self)
         self._client = client
         self._signals = signals
         self._history = ReplayHistory(registration.checkpoints, registration.history_complete)
@@ -398,22 +410,28 @@ class Context:
             left = None if deadline is None else max(0, deadline - now_ms())
             return self._client.wait_signal(name, call.checkpoint_id, left, may_hibernate=may_hibernate)
 
+        def overdue() -> bool:
+            return deadline is not None and now_ms() >= deadline
+
         with self._activity.waiting(Wait(CallKind.SIGNAL, deadline)) as wait:
-            response = await self._ask_maybe_hibernating(wait, ask)
+            # Past the deadline a wait times out, whatever arrives later (also on a late relaunch).
+            response = None if overdue() else await self._ask_maybe_hibernating(wait, ask)
             while True:
                 if response is not None:
                     if response.found:
                         return self._delivered(call, response.payload or b"")
                     if response.timed_out:
                         raise SignalTimeout(f"no {name!r} signal before the wait's timeout (recorded)")
-                left = None if deadline is None else deadline - now_ms()
-                if left is not None and left <= 0:
+                if overdue():
                     return await self._time_out(call)
                 arrived.clear()
-                turn = min(self._poll_s, left / 1000) if left is not None else self._poll_s
+                left = None if deadline is None else deadline - now_ms()
+                turn = self._poll_s if left is None else min(self._poll_s, left / 1000)
                 declined = await self._wait_turn(call, wait, turn, ask, arrived)
+                if declined is None and overdue():
+                    return await self._time_out(call)
                 response = declined if declined is not None else await self._core(ask(False))
-                self._note(getattr(response, "pending_signal", None))
+                self._note(response.pending_signal)
 
     async def _signal_deadline(self, call: CallId, timeout_s: float | None) -> int | None:
         """A wait's deadline, stored once (as a sleep record) so a relaunch keeps it."""

@@ -25,7 +25,7 @@ from runtara_sdk.exit_codes import ExitCode
 from runtara_sdk.image_loader import load_entrypoint
 from runtara_sdk.instance_signals import InstanceSignals
 from runtara_sdk.settings import InstanceSettings
-from runtara_sdk.workflow import coerce_input
+from runtara_sdk.workflow_entry import coerce_input
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,29 @@ def load_image(settings: InstanceSettings) -> Callable[..., Any]:
     return load_entrypoint(settings.image_path, settings.image_entrypoint)
 
 
-async def run_launch(settings: InstanceSettings) -> ExitCode:
-    """Run this launch to its end and return the exit code (see ``ExitCode``)."""
+async def run_launch(settings: InstanceSettings, *, stop_requested: Callable[[], bool] = lambda: False) -> ExitCode:
+    """Run this launch to its end and return the exit code (see ``ExitCode``).
+
+    SIGTERM is a cancel from the start (delivered at the first live call); ``stop_requested``
+    says whether one came even earlier, while the launcher was importing.
+    """
+    signals = InstanceSignals()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, signals.request_cancel, "SIGTERM")
+    try:
+        return await _run(settings, signals, stop_requested)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run(settings: InstanceSettings, signals: InstanceSignals, stop_requested: Callable[[], bool]) -> ExitCode:
     entry: Callable[..., Any] | ImageLoadError
     try:
         entry = load_image(settings)
     except ImageLoadError as error:
         entry = error  # reported as the instance's failure once registered
-    signals = InstanceSignals()
+    if stop_requested():
+        signals.request_cancel("SIGTERM during start-up")
     try:
         client = InstanceClient(settings, on_push=signals.on_push)
     except (ConfigError, ValueError) as error:
@@ -86,8 +101,6 @@ async def _run_registered(
     except (ValueError, SerializationError) as error:
         return await _fail(client, error)
     context = Context(client, signals, signal_wait_poll_s=settings.signal_wait_poll_s)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, signals.request_cancel, "SIGTERM")
     heartbeat = asyncio.create_task(_heartbeat(client, signals, settings.heartbeat_interval_s))
     with context.bound():  # the workflow task copies the context it is created in
         workflow_task = asyncio.create_task(entry(context, workflow_input))
@@ -95,7 +108,6 @@ async def _run_registered(
         await asyncio.wait({workflow_task, context.finished}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         heartbeat.cancel()
-        loop.remove_signal_handler(signal.SIGTERM)
     if context.finished.done():
         code = context.finished.result()
         if code is ExitCode.SUSPENDED:

@@ -79,7 +79,7 @@ async def assert_cancelled(instances: Instances, instance_id: str) -> None:
 
 async def test_cancel_during_a_step_lets_it_finish_then_stops(instances: Instances, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.jsonl"
-    iid = await instances.create({"items": 6, "item_delay_s": 0.6, "ledger": str(ledger)})
+    iid = await instances.create({"items": 6, "item_delay_s": 0.4, "ledger": str(ledger)})
     launch = await instances.launch(iid, "batch.py")
     await instances.wait_for_checkpoint(iid, "2:step:item-1")  # item-2 is now in its body
     await instances.send_signal(iid, "cancel")
@@ -137,9 +137,9 @@ async def test_cancel_during_a_signal_wait_runs_the_cleanup_step(make_instances:
 
 
 async def test_pause_at_a_step_boundary_then_resume(instances: Instances, tmp_path: Path) -> None:
-    n = 8
+    n = 6
     ledger = tmp_path / "ledger.jsonl"
-    iid = await instances.create({"items": n, "item_delay_s": 0.2, "ledger": str(ledger)})
+    iid = await instances.create({"items": n, "item_delay_s": 0.15, "ledger": str(ledger)})
     first = await instances.launch(iid, "batch.py")
     await instances.wait_for_checkpoint(iid, "2:step:item-1")
     await instances.send_signal(iid, "pause")
@@ -231,7 +231,7 @@ async def test_cancel_interrupts_a_cancellable_step(instances: Instances, tmp_pa
 
 async def test_crash_during_cleanup_replays_the_cancel(instances: Instances, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.jsonl"
-    iid = await instances.create({"nap_s": 1.0, "cleanup_s": 0.5, "ledger": str(ledger)})
+    iid = await instances.create({"nap_s": 0.8, "cleanup_s": 0.3, "ledger": str(ledger)})
     first = await instances.launch(iid, CANCEL_CLEANUP)
     await instances.wait_for_checkpoint(iid, "2:sleep:nap")
     await instances.send_signal(iid, "cancel")

@@ -173,3 +173,36 @@ async def test_a_heartbeat_keeps_a_quiet_instance_alive(instances: Instances, tm
     second = (await instances.row(iid)).heartbeat_at_ms
     assert await launch.wait() == ExitCode.COMPLETED
     assert first is not None and second is not None and second > first
+
+
+async def test_sigterm_during_start_up_is_a_cancel_at_the_first_live_call(instances: Instances, tmp_path: Path) -> None:
+    image = tmp_path / "slow_import.py"
+    image.write_text(
+        "import time\n"
+        "from runtara_sdk import workflow\n"
+        "time.sleep(1.0)  # a heavy import: the stop arrives meanwhile\n"
+        "@workflow\n"
+        "async def main(ctx, input):\n"
+        "    await ctx.step('work', lambda: 'done')\n"
+        "    return 'finished'\n"
+    )
+    iid = await instances.create(None)
+    launch = await instances.launch(iid, image)
+    await asyncio.sleep(0.6)
+    launch.terminate()
+    assert await launch.wait() == ExitCode.CANCELLED, launch.stderr
+    saved = [c.checkpoint_id for c in (await instances.core.persistence.list_checkpoints(iid)).items]
+    assert saved == ["1.cancelled:step:work"]  # the step never ran
+
+
+async def test_log_lines_are_not_written_again_while_replaying(instances: Instances, tmp_path: Path) -> None:
+    iid = await instances.create({"items": 3, "item_delay_s": 0.3})
+    first = await instances.launch(iid, "batch.py")
+    await instances.wait_for_checkpoint(iid, "2:step:item-1")
+    first.kill()
+    await first.wait()
+    await instances.after_crash(iid)
+    second = await instances.launch(iid, "batch.py")
+    assert await second.wait() == ExitCode.COMPLETED
+    assert "processing 3 items" in first.stderr
+    assert "processing 3 items" not in second.stderr

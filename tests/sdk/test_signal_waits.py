@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 
 from runtara_core.instance_protocol.decisions import TIMEOUT_STATE
 from runtara_core.persistence import InstanceStatus, TerminationReason, wall_clock_ms
@@ -177,14 +176,6 @@ async def test_timeout_while_hibernated_replays_as_timed_out(make_instances: Any
     assert late.consumed_at_ms is None and late.consumed_by_checkpoint_id is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SDK: a relaunch after a wait's deadline asks core to consume before it records the "
-        "timeout, so a signal queued after the deadline (while hibernated) is delivered; the "
-        "outcome depends on how late the wake comes, not on when the signal arrived"
-    ),
-)
 async def test_signal_after_the_deadline_while_hibernated_stays_queued(make_instances: Any, tmp_path: Path) -> None:
     instances: Instances = await make_instances(hibernate_after_ms=300)
     ledger = tmp_path / "ledger.jsonl"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from runtara_sdk.workflow import coerce_input, is_workflow, workflow
+from runtara_sdk.workflow_entry import coerce_input, is_workflow, workflow
 
 
 @dataclasses.dataclass
