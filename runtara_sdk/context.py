@@ -247,11 +247,7 @@ class Context:
             info = StepInfo(call.checkpoint_id, call.name, self.instance_id, failed_try + 1, self.attempt)
             try:
                 value = await self._try_body(call, fn, args, kwargs, options, info)
-            except Cancelled:
-                raise
-            except BaseException as error:
-                if not isinstance(error, Exception):
-                    raise
+            except Exception as error:  # Cancelled and other BaseExceptions pass through
                 failed_try += 1
                 if not policy.should_retry(error, failed_try):
                     return encode_failure(error)
@@ -275,6 +271,11 @@ class Context:
         info: StepInfo,
     ) -> Any:
         token = enter_step(info)
+        if options.timeout_s is None and not options.cancellable:
+            try:  # the common case: the body runs in this task, no extra task or timer
+                return await call_body(fn, args, kwargs)
+            finally:
+                leave_step(token)
         try:
             body = asyncio.ensure_future(call_body(fn, args, kwargs))  # copies the step's context
         finally:
