@@ -50,7 +50,11 @@ def main() -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     # Not asyncio.run: that would cancel the parked workflow and run its finally blocks.
-    return loop.run_until_complete(run_launch(settings, stop_requested=lambda: _stop_requested))
+    try:
+        return loop.run_until_complete(run_launch(settings, stop_requested=lambda: _stop_requested))
+    except BaseException:  # a bug or an escape: report nothing false, let the database decide
+        logging.getLogger("runtara_sdk").exception("the launch ended unexpectedly")
+        return ExitCode.LOST
 
 
 if __name__ == "__main__":

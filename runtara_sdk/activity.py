@@ -71,9 +71,13 @@ class Activity:
             self.generation += 1
             self._offer()
 
+    def may_offer(self, wait: Wait) -> bool:
+        """Whether ``wait`` could ask core to hibernate now (``claim_offer`` decides)."""
+        return not self.busy and self._chosen() is wait and wait.offered != self.generation
+
     def claim_offer(self, wait: Wait) -> bool:
         """Whether ``wait`` may ask core to hibernate now; marks it as having asked."""
-        if self.busy or self._chosen() is not wait or wait.offered == self.generation:
+        if not self.may_offer(wait):
             return False
         wait.offered = self.generation
         wait.may_hibernate.clear()

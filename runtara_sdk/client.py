@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from runtara_core.errors import (
     ConfigError,
     Forbidden,
+    InternalError,
     InvalidState,
     NotFound,
     RuntaraError,
@@ -169,7 +170,7 @@ class InstanceClient:
                 if liveness:
                     self.last_liveness = time.monotonic()
                 return response
-            except TransportError as error:
+            except (TransportError, InternalError) as error:  # every op may be sent again
                 if self.ended is not None:
                     raise LaunchEnded(self.ended) from None
                 if time.monotonic() >= deadline:

@@ -24,11 +24,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any, NoReturn, TypeVar
 
-from runtara_core.errors import InvalidState
+from runtara_core.errors import InvalidState, RuntaraError
 from runtara_core.instance_protocol.decisions import TIMEOUT_STATE, SleepRecord
 from runtara_core.wire.messages import MAX_DURATION_MS, PendingSignal
 from runtara_sdk import serialization
 from runtara_sdk.activity import Activity, Wait
+from runtara_sdk.branches import Branch, branch_task_factory, current_branch, detached, enter_branch
 from runtara_sdk.client import InstanceClient
 from runtara_sdk.errors import Cancelled, LaunchEnded, NonDeterminismError, SerializationError, SignalTimeout, StepTimeout
 from runtara_sdk.exit_codes import ExitCode
@@ -36,6 +37,7 @@ from runtara_sdk.history import CallId, CallKind, Lookup, ReplayHistory
 from runtara_sdk.instance_signals import InstanceSignals
 from runtara_sdk.steps import (
     StepInfo,
+    current_step,
     StepOptions,
     call_body,
     decode_outcome,
@@ -48,6 +50,10 @@ from runtara_sdk.steps import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+SIBLING_TURNS = 2
+"""Event-loop turns a wait lets pass before asking to hibernate, so that sibling branches
+started in the same breath (``asyncio.gather``) have begun their steps."""
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("runtara_context", default=None)
 
@@ -62,7 +68,7 @@ STATUS_EXIT_CODES = {
 async def exit_code_from_status(client: InstanceClient) -> ExitCode:
     """After core refused this launch: the exit code its instance's status stands for."""
     try:
-        status = await asyncio.wait_for(client.status(), 5)
+        status = await asyncio.wait_for(detached(client.status()), 5)
     except Exception:  # refused or unreachable: the environment decides from the database
         return ExitCode.LOST
     return STATUS_EXIT_CODES.get(status.status, ExitCode.LOST)
@@ -113,9 +119,9 @@ class Context:
         self._signals = signals
         self._history = ReplayHistory(registration.checkpoints, registration.history_complete)
         self._activity = Activity()
-        self._seq = 0
+        self._root = Branch()
+        self._calls = 0
         self._poll_s = signal_wait_poll_s
-        self._cancel_delivered = False
         self._rng = random.Random()
         self._pauser: asyncio.Task[None] | None = None
         self.nondeterminism: NonDeterminismError | None = None
@@ -133,6 +139,20 @@ class Context:
         finally:
             _current.reset(token)
 
+    def start(self, entry: Callable[..., Awaitable[T]], workflow_input: Any) -> asyncio.Task[T]:
+        """Run ``entry(self, workflow_input)`` as the workflow's root branch; the tasks it starts
+        become numbered branches (see ``branches``)."""
+        loop = asyncio.get_running_loop()
+        if loop.get_task_factory() is None:
+            loop.set_task_factory(branch_task_factory)  # type: ignore[arg-type]
+
+        async def root() -> T:
+            enter_branch(self._root)
+            return await entry(self, workflow_input)
+
+        with self.bound():
+            return loop.create_task(root())
+
     @property
     def cancelled(self) -> bool:
         """Whether a cancel has been requested (it is raised at the next SDK await)."""
@@ -141,13 +161,21 @@ class Context:
     @property
     def replaying(self) -> bool:
         """Whether the workflow is still re-walking calls it made in an earlier launch."""
-        return self._seq < self._history.last_position
+        return self._calls < self._history.calls
 
     # ------------------------------------------------------------------ positions and replay
 
+    def _branch(self) -> Branch:
+        return current_branch() or self._root
+
     def _next_call(self, kind: CallKind, name: str) -> CallId:
-        self._seq += 1
-        call = CallId(self._seq, kind, name)
+        if current_step() is not None:
+            raise RuntimeError(
+                f"ctx.{kind} {name!r} inside a step body: a step's body is one unit of work; "
+                "sleep or wait in the workflow, between steps"
+            )
+        self._calls += 1
+        call = CallId(self._branch().next_position(), kind, name)
         try:
             self._history.check(call)
         except NonDeterminismError as error:
@@ -170,13 +198,13 @@ class Context:
     async def _replay_cancel(self, call: CallId) -> None:
         """Raise ``Cancelled`` here if an earlier launch delivered it at this position."""
         if await self._saved(call.part("cancelled")) is not None:
-            self._cancel_delivered = True
+            self._branch().mark_cancel_delivered()
             raise Cancelled(f"instance {self.instance_id} was cancelled (replayed at {call.checkpoint_id})")
 
     async def _live(self, call: CallId) -> None:
         """The start of a live call: deliver a cancel, or stop here while a pause is pending."""
         while True:
-            if self._signals.cancel_requested and not self._cancel_delivered:
+            if self._interrupting():
                 await self._deliver_cancel(call)
             if not self._signals.pause_requested:
                 return
@@ -184,12 +212,14 @@ class Context:
             await self._signals.changed().wait()
 
     async def _deliver_cancel(self, call: CallId) -> NoReturn:
-        self._cancel_delivered = True
+        self._branch().mark_cancel_delivered()
         await self._core(self._client.checkpoint(call.part("cancelled"), b""))
         raise Cancelled(f"instance {self.instance_id} was cancelled ({self._signals.cancel_source})")
 
     def _interrupting(self) -> bool:
-        return self._signals.cancel_requested and not self._cancel_delivered
+        """A cancel is due in this branch: requested, and not yet raised here or below (every
+        other branch still running gets it at its next SDK call too)."""
+        return self._signals.cancel_requested and not self._branch().cancel_delivered
 
     # ------------------------------------------------------------------ talking to core
 
@@ -224,6 +254,8 @@ class Context:
     async def run_step(
         self, name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], options: StepOptions
     ) -> Any:
+        if current_step() is not None:
+            return await call_body(fn, args, kwargs)  # inside a step body: part of that step
         call = self._next_call(CallKind.STEP, name)
         await self._replay_cancel(call)
         state = await self._saved(call.checkpoint_id)
@@ -300,7 +332,7 @@ class Context:
                 body.cancel()
                 await asyncio.gather(body, return_exceptions=True)
                 await self._deliver_cancel(call)
-            waiter = asyncio.ensure_future(self._signals.changed().wait())
+            waiter = detached(self._signals.changed().wait())
             try:
                 await asyncio.wait({body, waiter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -313,10 +345,12 @@ class Context:
         while (left := deadline - time.monotonic()) > 0:
             if self._interrupting():
                 await self._deliver_cancel(call)
-            changed = self._signals.changed()
+            waiter = detached(self._signals.changed().wait())
             try:
-                await asyncio.wait_for(changed.wait(), left)
-            except TimeoutError:
+                done, _ = await asyncio.wait({waiter}, timeout=left)
+            finally:
+                waiter.cancel()
+            if not done:
                 return
 
     # ------------------------------------------------------------------ durable sleep
@@ -356,15 +390,18 @@ class Context:
 
     async def _ask_maybe_hibernating(self, wait: Wait, ask: Callable[[bool], Awaitable[Any]]) -> Any:
         """Send a sleep or wait; hibernate if core may and does (then this never returns)."""
-        if not self._activity.claim_offer(wait):
-            response = await self._core(ask(False))
-            self._note(response.pending_signal)
-            return response
-        async with self._activity.hibernation_attempt():
-            response = await self._core(ask(True))
-            if response.hibernate:
-                log.info("instance %s hibernates", self.instance_id)
-                await self.end(ExitCode.SUSPENDED)  # holding the gate: no step starts now
+        if self._activity.may_offer(wait):
+            for _ in range(SIBLING_TURNS):
+                await asyncio.sleep(0)  # branches started with this one reach their first step
+            async with self._activity.hibernation_attempt():
+                if self._activity.claim_offer(wait):  # re-checked under the gate
+                    response = await self._core(ask(True))
+                    if response.hibernate:
+                        log.info("instance %s hibernates", self.instance_id)
+                        await self.end(ExitCode.SUSPENDED)  # holding the gate: no step starts now
+                    self._note(response.pending_signal)
+                    return response
+        response = await self._core(ask(False))
         self._note(response.pending_signal)
         return response
 
@@ -376,8 +413,10 @@ class Context:
         Returns the response of a hibernation request core declined, else None."""
         if self._interrupting():
             await self._deliver_cancel(call)
+        if self._signals.pause_requested:
+            self._start_pausing()
         events = [self._signals.changed(), wait.may_hibernate, *extra]
-        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        waiters = [detached(event.wait()) for event in events]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -465,20 +504,27 @@ class Context:
 
     def _start_pausing(self) -> None:
         if self._pauser is None or self._pauser.done():
-            self._pauser = asyncio.create_task(self._pause_when_idle())
+            self._pauser = detached(self._pause_when_idle())
 
     async def _pause_when_idle(self) -> None:
         """Acknowledge the pause once no step runs; a cancel that replaced it is heard instead."""
         await self._activity.idle()
         if not self._signals.pause_requested:
             return
-        try:
-            await self._client.ack_signal("pause")
-        except InvalidState:
-            self._signals.replace(await self._client.poll_signals())
-            return
-        except LaunchEnded as error:
-            await self._launch_over(str(error))
+        delay = 0.1
+        while True:
+            try:
+                await self._client.ack_signal("pause")
+                break
+            except InvalidState:
+                self._signals.replace(await self._core(self._client.poll_signals()))
+                return
+            except LaunchEnded as error:
+                await self._launch_over(str(error))
+            except RuntaraError as error:  # core could not store it now: the pause still stands
+                log.warning("acknowledging the pause failed (%s); trying again in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         log.info("instance %s paused", self.instance_id)
         await self.end(ExitCode.SUSPENDED)
 

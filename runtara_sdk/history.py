@@ -1,12 +1,13 @@
 """Durable call ids and the replay history: pure, no I/O.
 
-Every durable call of a workflow (step, sleep, signal wait) gets the next sequence number, in
-call order, and a checkpoint id ``"<seq>:<kind>:<name>"`` (``"3:step:charge_card"``). A call
-may own extra checkpoints, ``"<seq>.<part>:<kind>:<name>"`` (a wait's deadline, a delivered
-cancellation). The sequence number is the position the non-determinism check compares: a
-replay that asks for position 3 a different call than the history has there fails loudly.
-Parallel branches (``asyncio.gather``) are numbered in the order they start, which is the
-order they are passed; their completion order does not matter.
+Every durable call of a workflow (step, sleep, signal wait) gets a position and a checkpoint
+id ``"<position>:<kind>:<name>"`` (``"3:step:charge_card"``). A position counts the calls of
+one branch of the workflow: the workflow's own task counts 1, 2, 3...; a task it starts
+(``asyncio.gather``, ``create_task``) is a branch of its own, numbered by the order its parent
+started it, whose calls are ``"2/1"``, ``"2/2"``... (see ``branches``). So positions do not
+depend on timing, only on the code. A call may own extra checkpoints,
+``"<position>.<part>:<kind>:<name>"`` (a wait's deadline, a delivered cancellation). A replay
+that asks at some position for another call than the history has there fails loudly.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ class CallKind(enum.StrEnum):
     SIGNAL = "signal"
 
 
+def is_position(text: str) -> bool:
+    """``"3"`` or ``"2/1/3"``: ASCII digits ("²" and "٣" are digits to ``str.isdigit``)."""
+    return all(part.isascii() and part.isdigit() for part in text.split("/"))
+
+
 @dataclass(frozen=True, slots=True)
 class CallId:
-    seq: int
+    position: str
     kind: CallKind
     name: str
 
@@ -45,11 +51,11 @@ class CallId:
 
     @property
     def checkpoint_id(self) -> str:
-        return f"{self.seq}:{self.kind}:{self.name}"
+        return f"{self.position}:{self.kind}:{self.name}"
 
     def part(self, part: str) -> str:
         """The id of an extra checkpoint this call owns."""
-        return f"{self.seq}.{part}:{self.kind}:{self.name}"
+        return f"{self.position}.{part}:{self.kind}:{self.name}"
 
     @property
     def signature(self) -> str:
@@ -58,7 +64,7 @@ class CallId:
 
 @dataclass(frozen=True, slots=True)
 class ParsedId:
-    seq: int
+    position: str
     part: str | None
     signature: str
 
@@ -68,10 +74,10 @@ def parse_checkpoint_id(checkpoint_id: str) -> ParsedId | None:
     head, sep, signature = checkpoint_id.partition(":")
     if not sep or ":" not in signature:
         return None
-    seq_text, _, part = head.partition(".")
-    if not (seq_text.isascii() and seq_text.isdigit()):  # not '²' or '٣': int() fails or misreads them
+    position, _, part = head.partition(".")
+    if not is_position(position):
         return None
-    return ParsedId(int(seq_text), part or None, signature)
+    return ParsedId(position, part or None, signature)
 
 
 class Lookup(enum.Enum):
@@ -86,28 +92,29 @@ class ReplayHistory:
 
     def __init__(self, saved: Iterable[SavedCheckpoint], complete: bool = True) -> None:
         self._states: dict[str, bytes | None] = {}
-        self._positions: dict[int, tuple[str, str]] = {}  # seq -> (signature, a checkpoint id)
+        self._positions: dict[str, tuple[str, str]] = {}  # position -> (signature, a checkpoint id)
         self._complete = complete
         for entry in saved:
             self._states[entry.checkpoint_id] = entry.state
             parsed = parse_checkpoint_id(entry.checkpoint_id)
             if parsed is not None:
-                self._positions.setdefault(parsed.seq, (parsed.signature, entry.checkpoint_id))
+                self._positions.setdefault(parsed.position, (parsed.signature, entry.checkpoint_id))
 
     def __len__(self) -> int:
         return len(self._states)
 
     @property
-    def last_position(self) -> int:
-        """The highest position saved (0 for none): calls up to it are replays."""
-        return max(self._positions, default=0)
+    def calls(self) -> int:
+        """How many durable calls the history records (while a launch has made fewer, it is
+        replaying)."""
+        return len(self._positions)
 
     def check(self, call: CallId) -> None:
         """Raise ``NonDeterminismError`` if the history has another call at this position."""
-        recorded = self._positions.get(call.seq)
+        recorded = self._positions.get(call.position)
         if recorded is not None and recorded[0] != call.signature:
             raise NonDeterminismError(
-                f"non-deterministic replay at position {call.seq}: the workflow asked for "
+                f"non-deterministic replay at position {call.position}: the workflow asked for "
                 f"{call.checkpoint_id!r} but this instance's history has {recorded[1]!r} there. "
                 "The code's order of durable calls changed since the instance started (or depends "
                 "on something other than its input and step results); deploy the old code for "

@@ -16,8 +16,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from runtara_core.errors import ConfigError, InvalidState, RuntaraError, TransportError
+from runtara_core.errors import BadRequest, ConfigError, InvalidState, RuntaraError, TransportError
 from runtara_sdk import serialization
+from runtara_sdk.branches import detached
 from runtara_sdk.client import InstanceClient
 from runtara_sdk.context import Context, exit_code_from_status
 from runtara_sdk.errors import Cancelled, ImageLoadError, LaunchEnded, SerializationError
@@ -101,9 +102,8 @@ async def _run_registered(
     except (ValueError, SerializationError) as error:
         return await _fail(client, error)
     context = Context(client, signals, signal_wait_poll_s=settings.signal_wait_poll_s)
-    heartbeat = asyncio.create_task(_heartbeat(client, signals, settings.heartbeat_interval_s))
-    with context.bound():  # the workflow task copies the context it is created in
-        workflow_task = asyncio.create_task(entry(context, workflow_input))
+    heartbeat = detached(_heartbeat(client, signals, settings.heartbeat_interval_s))
+    workflow_task = context.start(guarded(entry), workflow_input)
     try:
         await asyncio.wait({workflow_task, context.finished}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -116,7 +116,24 @@ async def _run_registered(
     return await _report(client, context, workflow_task)
 
 
+def guarded(entry: Callable[..., Any]) -> Callable[..., Any]:
+    """The entrypoint, with an exit attempt from workflow code turned into a failure to report."""
+
+    async def run(context: Context, workflow_input: Any) -> Any:
+        try:
+            return await entry(context, workflow_input)
+        except (SystemExit, KeyboardInterrupt) as exit_attempt:
+            raise RuntimeError(
+                f"the workflow raised {type(exit_attempt).__name__}({exit_attempt}): return a value or "
+                "raise an exception to end it; the SDK reports the outcome"
+            ) from exit_attempt
+
+    return run
+
+
 async def _report(client: InstanceClient, context: Context, workflow_task: asyncio.Task[Any]) -> ExitCode:
+    if workflow_task.cancelled():
+        return await _fail(client, RuntimeError("the workflow's task was cancelled (asyncio.CancelledError escaped it)"))
     error = workflow_task.exception()
     if context.nondeterminism is not None:
         return await _fail(client, context.nondeterminism)
@@ -149,6 +166,10 @@ async def _reported(client: InstanceClient, report: Any, code: ExitCode) -> Exit
     except InvalidState as refused:  # the instance moved on meanwhile (cancelled, say)
         log.warning("core refused the report: %s", refused.message)
         return await exit_code_from_status(client)
+    except BadRequest as refused:  # e.g. an output over the size limit: fail with that reason
+        if code is ExitCode.FAILED:
+            return await _reported(client, client.failed(failure_payload(RuntimeError(refused.message[:4096]))), code)
+        return await _fail(client, SerializationError(f"the workflow's output cannot be stored: {refused.message}"))
     except LaunchEnded as ended:
         log.error("could not report: %s", ended)
         return ExitCode.LOST
@@ -170,6 +191,8 @@ async def _heartbeat(client: InstanceClient, signals: InstanceSignals, interval_
             if time.monotonic() - client.last_liveness >= interval_s * 0.9:
                 await client.heartbeat()
             signals.note(await client.poll_signals())
-        except (LaunchEnded, RuntaraError) as error:
+        except (LaunchEnded, InvalidState) as error:
             log.debug("heartbeat stopped: %s", error)
             return
+        except RuntaraError as error:  # one failed beat: the next may pass
+            log.warning("heartbeat failed: %s", error)

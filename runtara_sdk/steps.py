@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from runtara_sdk import serialization
+from runtara_sdk.branches import not_branching_while_set
 from runtara_sdk.errors import SerializationError, StepError
 from runtara_sdk.retry_policy import RetryPolicy
 
@@ -52,6 +53,7 @@ class StepInfo:
 
 
 _current: contextvars.ContextVar[StepInfo | None] = contextvars.ContextVar("runtara_step", default=None)
+not_branching_while_set(_current)  # tasks a step body starts are part of the step
 
 
 def current_step() -> StepInfo | None:

@@ -11,10 +11,11 @@ we close ourselves, and handshake failures surfaced with their reason.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -40,11 +41,18 @@ from runtara_core.wire.messages import Message, Request, validate_message
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 STREAM_CANCELLED = 0x2
 # aioquic holds at most 128 concurrent bidirectional streams per connection and queues the rest
 # silently; staying under it keeps per-request timeouts honest.
 DEFAULT_MAX_IN_FLIGHT = 100
+
+
+def background(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task of the client itself, in a fresh context: it inherits nothing from the caller
+    whose request happened to start it (the SDK numbers the tasks its workflows start)."""
+    return asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
 
 
 def is_server_uni(stream_id: int) -> bool:
@@ -301,7 +309,7 @@ class RpcClient:
                 f"{self.options.connect_timeout_s:g}s (is the server running?){detail}"
             ) from None
         self._started = True
-        self._keepalive = asyncio.create_task(self._keep_alive())
+        self._keepalive = background(self._keep_alive())
 
     async def _establish(self) -> None:
         if self._tls.insecure:
@@ -363,7 +371,7 @@ class RpcClient:
 
     def _start_reconnecting(self) -> None:
         if self._reconnector is None or self._reconnector.done():
-            self._reconnector = asyncio.create_task(self._reconnect())
+            self._reconnector = background(self._reconnect())
 
     async def _reconnect(self) -> None:
         delay = self.options.reconnect_initial_s
@@ -401,7 +409,7 @@ class RpcClient:
     def _probe_soon(self) -> None:
         """One background probe at a time, however many requests time out."""
         if self.connected and (self._probe is None or self._probe.done()):
-            self._probe = asyncio.create_task(self.probe())
+            self._probe = background(self.probe())
 
     async def close(self) -> None:
         self._closed = True
