@@ -516,8 +516,11 @@ class Context:
             try:
                 await self._client.ack_signal("pause")
                 break
-            except InvalidState:
-                self._signals.replace(await self._core(self._client.poll_signals()))
+            except InvalidState as refused:
+                pending = await self._core(self._client.poll_signals())
+                if pending is not None and pending.signal_type == "pause":
+                    await self._launch_over(str(refused))  # refused for this launch, not the slot
+                self._signals.replace(pending)  # a cancel replaced the pause, or it was withdrawn
                 return
             except LaunchEnded as error:
                 await self._launch_over(str(error))
