@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -94,6 +95,8 @@ class InstanceClient:
         self.instance_id = settings.instance_id
         self.attempt = settings.attempt
         self._on_push = on_push
+        self.launch_id = secrets.token_hex(12)
+        """This process, to core: only the launch that started the instance may re-register."""
         self.registration: RegisterResponse | None = None
         self.ended: str | None = None
         self.last_liveness = time.monotonic()
@@ -137,7 +140,12 @@ class InstanceClient:
 
     async def _register(self, rpc: RpcClient) -> None:
         """Runs on every (re)connect: a new connection must be bound to this launch again."""
-        request = RegisterRequest(instance_id=self.instance_id, token=self.settings.instance_token, attempt=self.attempt)
+        request = RegisterRequest(
+            instance_id=self.instance_id,
+            token=self.settings.instance_token,
+            attempt=self.attempt,
+            launch_id=self.launch_id,
+        )
         try:
             fields = await rpc.call_on_connection(request)
         except ENDING_REFUSALS as refusal:

@@ -19,6 +19,9 @@ class InstanceBinding:
     cancelled); the process should exit. Reads stay allowed."""
     exit_recorded: bool = False
     """A hibernated launch logs its exit once."""
+    suspending: bool = False
+    """A hibernation of this launch is being decided: no other write may slip in meanwhile
+    (if it succeeds, the instance may already be woken and relaunched when the answer leaves)."""
 
     def end(self, why: str) -> None:
         self.ended = why
@@ -41,5 +44,10 @@ def active(session: Session) -> InstanceBinding:
         raise InvalidState(
             f"instance {binding.instance_id!r} {binding.ended} on this connection; "
             "this process should exit"
+        )
+    if binding.suspending:
+        raise InvalidState(
+            f"instance {binding.instance_id!r} is being suspended on this connection; "
+            "wait for the answer to the sleep or wait_signal that asked for it"
         )
     return binding

@@ -8,6 +8,7 @@ hibernated, paused, cancelled): persistence would accept them, the lifecycle mus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import weakref
@@ -165,7 +166,7 @@ class InstanceService:
                 f"this token is for attempt {attempt} but instance {instance_id!r} is on attempt "
                 f"{row.attempt}: the process belongs to an earlier launch and must exit"
             )
-        row = await self._start(row, attempt)
+        row = await self._start(row, attempt, request.launch_id)
         history = await self._db.replay_history(
             instance_id, history_state_budget(self._max_frame, len(row.input), self._history_budget)
         )
@@ -183,10 +184,15 @@ class InstanceService:
             pending_signal=pending_signal_message(pending),
         )
 
-    async def _start(self, row: InstanceRow, attempt: int) -> InstanceRow:
+    async def _start(self, row: InstanceRow, attempt: int, launch_id: str | None) -> InstanceRow:
         """pending -> running for a new launch; a running instance re-registering is the same
-        launch reconnecting (after a network blip or a core restart)."""
+        launch reconnecting (after a network blip or a core restart), if it proves it is."""
         if row.status is InstanceStatus.RUNNING:
+            if row.launch_id != launch_id:
+                raise Forbidden(
+                    f"instance {row.instance_id!r} is running in another launch; this process "
+                    "belongs to an earlier one (it hibernated or paused) and must exit"
+                )
             await self._db.touch_heartbeat(row.instance_id, attempt=attempt)
             return row
         if row.status is InstanceStatus.PENDING:
@@ -199,6 +205,7 @@ class InstanceService:
                     update=InstanceUpdate(
                         started_at_ms=now if row.started_at_ms is None else UNSET,
                         heartbeat_at_ms=now,
+                        launch_id=launch_id,
                     ),
                     event=NewEvent(EventType.STARTED, subtype=f"attempt {attempt}"),
                     attempt=attempt,
@@ -207,7 +214,11 @@ class InstanceService:
                 latest = await self._db.get_instance(row.instance_id)
                 if latest is None:
                     raise NotFound(f"instance {row.instance_id!r} not found") from None
-                if latest.status is not InstanceStatus.RUNNING or latest.attempt != attempt:
+                if (
+                    latest.status is not InstanceStatus.RUNNING
+                    or latest.attempt != attempt
+                    or latest.launch_id != launch_id
+                ):
                     raise
                 return latest  # a concurrent register of this launch won
         reason = f" ({row.termination_reason})" if row.termination_reason else ""
@@ -330,17 +341,32 @@ class InstanceService:
     ) -> HibernateResult:
         """Suspend this launch unless a cancel or pause is pending (the instance must act on
         it first) or, for a signal wait, a signal of that name came in meanwhile."""
-        outcome = await self._db.hibernate(
-            binding.instance_id,
-            attempt=binding.attempt,
-            reason=reason,
-            wake_at_ms=wake_at_ms,
-            waiting_signal_name=waiting_signal_name,
-            event=NewEvent(EventType.SUSPENDED, subtype=str(reason), payload=what.encode()),
+        binding.suspending = True
+        call = asyncio.ensure_future(
+            self._db.hibernate(
+                binding.instance_id,
+                attempt=binding.attempt,
+                reason=reason,
+                wake_at_ms=wake_at_ms,
+                waiting_signal_name=waiting_signal_name,
+                event=NewEvent(EventType.SUSPENDED, subtype=str(reason), payload=what.encode()),
+            )
         )
-        if outcome.hibernated:
-            binding.end(f"hibernated ({reason})")
-        return outcome
+        try:
+            try:
+                outcome = await asyncio.shield(call)
+            except asyncio.CancelledError:
+                # The client gave up on the answer, but the hibernation may still commit: this
+                # connection must know, or a resent request would act for a suspended launch.
+                with contextlib.suppress(Exception):
+                    if (await call).hibernated:
+                        binding.end(f"hibernated ({reason})")
+                raise
+            if outcome.hibernated:
+                binding.end(f"hibernated ({reason})")
+            return outcome
+        finally:
+            binding.suspending = False
 
     # ------------------------------------------------------------------ instance-wide signals
 

@@ -34,7 +34,7 @@ INSTANCE_COLUMNS = (
     "attempt, max_attempts, input, output, error, created_at_ms, started_at_ms, finished_at_ms, "
     "updated_at_ms, wake_at_ms, heartbeat_at_ms, waiting_signal_name, checkpoint_id, node_id, "
     "priority, timeout_ms, env, pid, pid_create_time, peak_rss_bytes, cpu_time_ms, exit_code, "
-    "exit_signal, stderr_tail"
+    "exit_signal, stderr_tail, launch_id"
 )
 IMAGE_COLUMNS = (
     "image_id, tenant, name, version, description, entrypoint, input_schema, metadata, sha256, "
@@ -92,6 +92,7 @@ def instance_from_record(r: Record) -> InstanceRow:
         exit_code=r["exit_code"],
         exit_signal=r["exit_signal"],
         stderr_tail=r["stderr_tail"],
+        launch_id=r["launch_id"],
     )
 
 

@@ -392,6 +392,8 @@ class InstanceRow:
     exit_code: int | None
     exit_signal: int | None
     stderr_tail: str | None
+    launch_id: str | None = None
+    """The launch running it (see ``RegisterRequest.launch_id``); None before any."""
 
     @property
     def is_terminal(self) -> bool:
@@ -417,6 +419,7 @@ class InstanceUpdate:
     node_id: Maybe[str | None] = UNSET
     pid: Maybe[int | None] = UNSET
     pid_create_time: Maybe[float | None] = UNSET
+    launch_id: Maybe[str | None] = UNSET
 
     def __post_init__(self) -> None:
         _check_fields(self)  # attempt: 1.. (see _BY_NAME)

@@ -88,6 +88,10 @@ class RegisterRequest(Request):
     instance_id: Identifier
     token: Annotated[str, Field(min_length=1, max_length=1024)]
     attempt: Annotated[int, Field(ge=1, le=1_000_000)]
+    launch_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """A random id of this process, the same on every (re)connect. The launch that moves the
+    instance to running owns it; a re-register of a running instance must bring the same id,
+    so a stale process (whose hibernation answer was lost, say) cannot rejoin after a wake."""
 
 
 class CheckpointRequest(Request):

@@ -99,6 +99,33 @@ async def test_a_reconnecting_launch_registers_again_without_restarting(core: Co
     assert [e.type for e in await core.persistence.list_events(row.instance_id)] == [EventType.STARTED]
 
 
+async def register_as(core: Core, instance_id: str, launch_id: str | None) -> RegisterResponse:
+    client = await core.client()
+    request = RegisterRequest(
+        instance_id=instance_id, token=core.token(instance_id), attempt=1, launch_id=launch_id
+    )
+    return await client.request(request, RegisterResponse)
+
+
+async def test_only_the_launch_that_started_an_instance_may_register_again(core: Core) -> None:
+    """A launch after a wake keeps the attempt: the launch id tells an old process from it."""
+    row = await core.new_instance()
+    await register_as(core, row.instance_id, "launch-a")
+    await register_as(core, row.instance_id, "launch-a")  # the same process, reconnecting
+    for stranger in ("launch-b", None):
+        with pytest.raises(Forbidden, match="another launch"):
+            await register_as(core, row.instance_id, stranger)
+    stored = await core.persistence.get_instance(row.instance_id)
+    assert stored is not None and stored.launch_id == "launch-a"
+
+    # It hibernates and is woken; the next launch takes over, the old one is shut out.
+    await core.persistence.transition(row.instance_id, {InstanceStatus.RUNNING}, InstanceStatus.SUSPENDED)
+    await core.persistence.transition(row.instance_id, {InstanceStatus.SUSPENDED}, InstanceStatus.PENDING)
+    await register_as(core, row.instance_id, "launch-b")
+    with pytest.raises(Forbidden, match="earlier one"):
+        await register_as(core, row.instance_id, "launch-a")
+
+
 async def test_register_twice_on_one_connection_is_fine_for_the_same_instance_only(core: Core) -> None:
     client, row = await core.running_instance()
     await core.register(row.instance_id, client=client)

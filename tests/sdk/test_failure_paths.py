@@ -10,8 +10,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from runtara_core.persistence import InstanceStatus, TerminationReason
 from tests.sdk.conftest import ExitCode, Instances, read_ledger
 
@@ -107,15 +105,9 @@ async def test_sys_exit_in_workflow_code_is_reported_as_a_failure(instances: Ins
     assert row.status is InstanceStatus.FAILED and "SystemExit" in (row.error or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "known gap, for the Environment issue: a launch after a wake reuses the attempt, so a "
-        "stale launch whose hibernation answer was lost can reconnect and register again; the fix "
-        "is a per-launch number in the token that register and every write check"
-    ),
-)
 async def test_a_late_hibernation_answer_then_a_wake_runs_the_next_step_once(instances: Instances, tmp_path: Path) -> None:
+    """The stale launch times out, reconnects and tries to register again: the launch id shuts
+    it out (the woken launch owns the instance), so the next step runs once."""
     db = instances.core.persistence
     ledger = tmp_path / "ledger.jsonl"
     iid = await instances.create({"ledger": str(ledger)})

@@ -4,7 +4,7 @@ from runtara_core.errors import BadRequest
 from runtara_core.wire.messages import INSTANCE_REQUESTS, validate_message
 
 VALID = {
-    "register": {"instance_id": "inst-1", "token": "tok", "attempt": 1},
+    "register": {"instance_id": "inst-1", "token": "tok", "attempt": 1, "launch_id": "3f9a"},
     "checkpoint": {"checkpoint_id": "step-1", "state": b"\x01"},
     "get_checkpoint": {"checkpoint_id": "step-1"},
     "sleep": {"checkpoint_id": "nap", "duration_ms": 1000, "state": b"", "may_hibernate": True},
@@ -56,6 +56,7 @@ def test_wrong_typed_field_is_bad_request_naming_it(op, name):
     [
         ("register", {"instance_id": "", "token": "t", "attempt": 1}, "instance_id"),
         ("register", {"instance_id": "i", "token": "t", "attempt": 0}, "attempt"),
+        ("register", {"instance_id": "i", "token": "t", "attempt": 1, "launch_id": ""}, "launch_id"),
         ("register", {"instance_id": "i" * 257, "token": "t", "attempt": 1}, "instance_id"),
         ("sleep", {"checkpoint_id": "c", "duration_ms": -1}, "duration_ms"),
         ("ack_signal", {"signal_type": "explode"}, "signal_type"),
