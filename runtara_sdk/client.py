@@ -28,7 +28,7 @@ from runtara_core.errors import (
     Unauthenticated,
 )
 from runtara_core.protocol import INSTANCE_ALPN
-from runtara_core.transport.quic_client import ClientOptions, RpcClient
+from runtara_core.transport.quic_client import ClientOptions, RpcClient, background
 from runtara_core.transport.tls import ClientTls
 from runtara_core.wire.messages import (
     AckSignalRequest,
@@ -151,7 +151,7 @@ class InstanceClient:
         except ENDING_REFUSALS as refusal:
             if self.registration is not None:  # a reconnect: stop trying, the launch is over
                 self.ended = f"core refused to re-register this launch: {refusal.message}"
-                asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._rpc.close()))
+                background(self._rpc.close())  # not awaited here: we are inside its connect
             raise
         fields.pop("ok", None)
         response = validate_message(RegisterResponse, fields, "response to register")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtara_core.config import parse_host_port
 
 
 class InstanceSettings(BaseSettings):
@@ -35,8 +37,12 @@ class InstanceSettings(BaseSettings):
     signal_wait_poll_s: float = Field(default=1.0, gt=0)
     """While a signal wait runs in-process, how often it asks the core in case a push was lost."""
 
+    @field_validator("server_addr")
+    @classmethod
+    def _valid_addr(cls, value: str) -> str:
+        parse_host_port(value)  # refused at start-up, with the reason, not at connect time
+        return value
+
     def server_host_port(self) -> tuple[str, int]:
-        host, _, port = self.server_addr.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"RUNTARA_SERVER_ADDR must be host:port, got {self.server_addr!r}")
-        return host.strip("[]"), int(port)
+        address = parse_host_port(self.server_addr)
+        return address.host, address.port

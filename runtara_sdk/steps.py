@@ -7,9 +7,9 @@ A failure is stored too, so a replay raises it again instead of running the body
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
-import importlib
 import inspect
 import traceback
 from collections.abc import Callable
@@ -143,8 +143,6 @@ async def call_body(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     """Run a step body: async on the loop, sync in a worker thread (with this context)."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args, **kwargs)
-    import asyncio
-
     result = await asyncio.to_thread(fn, *args, **kwargs)
     if inspect.isawaitable(result):
         return await result
@@ -188,14 +186,11 @@ def rebuild_failure(record: dict[str, Any], step_id: str) -> BaseException:
     """The recorded exception as its own type when it can be rebuilt, else ``StepError``."""
     type_path, message = str(record.get("type", "")), str(record.get("message", ""))
     error: BaseException | None = None
-    module_name, _, qualname = type_path.partition(":")
     args = record.get("args")
     if args is not None:
         try:
-            target: Any = importlib.import_module(module_name)
-            for part in qualname.split("."):
-                target = getattr(target, part)
-            if isinstance(target, type) and issubclass(target, Exception):
+            target = serialization.resolve_class(type_path)
+            if issubclass(target, Exception):
                 error = target(*args)
                 if str(error) != message:
                     error = None  # its __init__ reshapes its args: a rebuild would be a different error

@@ -64,6 +64,16 @@ def approval_input(ledger: Path, timeout_s: float) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- approval
 
 
+async def assert_timed_out_and_a_later_signal_stays_queued(instances: Instances, iid: str, ledger: Path) -> None:
+    """The timeout is recorded as the wait's checkpoint; a signal after it is not delivered to
+    the finished wait: it stays queued."""
+    assert whats(ledger) == ["submit", "escalate"]
+    assert (await checkpoints(instances, iid))[WAIT] == TIMEOUT_STATE
+    assert await instances.send_custom(iid, "approval", APPROVE) is False
+    [late] = await custom_signals(instances, iid)
+    assert late.consumed_at_ms is None and late.consumed_by_checkpoint_id is None
+
+
 async def test_signal_queued_before_the_launch_is_consumed(instances: Instances, tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.jsonl"
     iid = await instances.create(approval_input(ledger, 30))
@@ -139,13 +149,7 @@ async def test_short_timeout_times_out_in_process(instances: Instances, tmp_path
 
     output = await instances.output(iid)
     assert output["decision"] == "timed_out" and "by" not in output
-    assert whats(ledger) == ["submit", "escalate"]
-    assert (await checkpoints(instances, iid))[WAIT] == TIMEOUT_STATE  # the timeout is recorded
-
-    # A signal after the timeout is not delivered to the finished wait: it stays queued.
-    assert await instances.send_custom(iid, "approval", APPROVE) is False
-    [late] = await custom_signals(instances, iid)
-    assert late.consumed_at_ms is None and late.consumed_by_checkpoint_id is None
+    await assert_timed_out_and_a_later_signal_stays_queued(instances, iid, ledger)
 
 
 async def test_timeout_while_hibernated_replays_as_timed_out(make_instances: Any, tmp_path: Path) -> None:
@@ -168,12 +172,7 @@ async def test_timeout_while_hibernated_replays_as_timed_out(make_instances: Any
 
     output = await instances.output(iid)
     assert output["decision"] == "timed_out"
-    assert whats(ledger) == ["submit", "escalate"]
-    assert (await checkpoints(instances, iid))[WAIT] == TIMEOUT_STATE
-
-    assert await instances.send_custom(iid, "approval", APPROVE) is False
-    [late] = await custom_signals(instances, iid)
-    assert late.consumed_at_ms is None and late.consumed_by_checkpoint_id is None
+    await assert_timed_out_and_a_later_signal_stays_queued(instances, iid, ledger)
 
 
 async def test_signal_after_the_deadline_while_hibernated_stays_queued(make_instances: Any, tmp_path: Path) -> None:
