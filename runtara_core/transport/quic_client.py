@@ -15,7 +15,7 @@ import contextvars
 import logging
 import random
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -35,7 +35,7 @@ from runtara_core.transport.quic_config import client_configuration, tune_connec
 from runtara_core.transport.tls import ClientTls
 from runtara_core.transport.udp_socket import resolve
 from runtara_core.wire.envelope import parse_response
-from runtara_core.wire.frame_codec import SingleFrameReader, encode_frame
+from runtara_core.wire.frame_codec import FrameDecoder, SingleFrameReader, encode_frame, unpack_payload
 from runtara_core.wire.messages import Message, Request, validate_message
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ STREAM_CANCELLED = 0x2
 # aioquic holds at most 128 concurrent bidirectional streams per connection and queues the rest
 # silently; staying under it keeps per-request timeouts honest.
 DEFAULT_MAX_IN_FLIGHT = 100
+UPLOAD_CHUNK_BYTES = 64 * 1024
+"""An upload's body is written in pieces this size, waiting for ACKs when the stream's send
+buffer is full, so a large body never sits in aioquic's buffer whole."""
+_END = object()
 
 
 def background(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -102,6 +106,34 @@ class ClientOptions:
     reconnect_max_s: float = 2.0
 
 
+class _Call:
+    """A unary call or an upload: one response frame awaited on ``future``."""
+
+    __slots__ = ("reader", "future", "stopped")
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.reader = SingleFrameReader(max_frame_bytes)
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.stopped = False  # the server sent STOP_SENDING: it wants no more of the body
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class _Stream:
+    """A server stream: every decoded frame queued for the iterating caller, then ``_END``."""
+
+    __slots__ = ("decoder", "queue")
+
+    def __init__(self, max_frame_bytes: int) -> None:
+        self.decoder = FrameDecoder(max_frame_bytes)
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def fail(self, error: BaseException) -> None:
+        self.queue.put_nowait(error)
+
+
 class _ClientProtocol(RpcConnectionProtocol):
     """One connection's stream bookkeeping; the ``RpcClient`` owns reconnects."""
 
@@ -121,7 +153,7 @@ class _ClientProtocol(RpcConnectionProtocol):
         self._max_frame = max_frame_bytes
         self._on_push = on_push
         self._on_terminated = on_terminated
-        self._pending: dict[int, tuple[SingleFrameReader, asyncio.Future[Any]]] = {}
+        self._pending: dict[int, _Call | _Stream] = {}
         self._pushes: dict[int, SingleFrameReader] = {}
         self._credit = asyncio.Event()
 
@@ -137,6 +169,11 @@ class _ClientProtocol(RpcConnectionProtocol):
             self._stream_data(event)
         elif isinstance(event, events.StreamReset):
             self._stream_reset(event.stream_id)
+        elif isinstance(event, events.StopSendingReceived):
+            entry = self._pending.get(event.stream_id)
+            if isinstance(entry, _Call):
+                entry.stopped = True  # an upload the server refused: stop writing, await the answer
+                self.wake_drainers()
         elif isinstance(event, events.ConnectionTerminated):
             self._terminate(
                 describe_termination(event),
@@ -151,20 +188,31 @@ class _ClientProtocol(RpcConnectionProtocol):
     def _stream_data(self, event: events.StreamDataReceived) -> None:
         stream_id = event.stream_id
         entry = self._pending.get(stream_id)
-        if entry is not None:
-            reader, future = entry
+        if isinstance(entry, _Call):
+            future = entry.future
             try:
-                reader.feed(event.data)
+                entry.reader.feed(event.data)
                 if event.end_stream:
                     del self._pending[stream_id]
-                    message = reader.finish()
+                    message = entry.reader.finish()
                     if not future.done():
                         future.set_result(message)
                         self.expect_reply()  # callers usually follow up: our ACK rides on that
             except RuntaraError as error:
                 self._pending.pop(stream_id, None)
-                if not future.done():
-                    future.set_exception(TransportError(f"malformed response from server: {error.message}"))
+                entry.fail(TransportError(f"malformed response from server: {error.message}"))
+            return
+        if isinstance(entry, _Stream):
+            try:
+                for payload in entry.decoder.feed(event.data):
+                    entry.queue.put_nowait(unpack_payload(payload))
+                if event.end_stream:
+                    del self._pending[stream_id]
+                    entry.decoder.check_complete()
+                    entry.queue.put_nowait(_END)
+            except RuntaraError as error:
+                self._pending.pop(stream_id, None)
+                entry.fail(TransportError(f"malformed response from server: {error.message}"))
             return
         if is_server_uni(stream_id):
             push_reader = self._pushes.setdefault(stream_id, SingleFrameReader(self._max_frame))
@@ -186,8 +234,8 @@ class _ClientProtocol(RpcConnectionProtocol):
     def _stream_reset(self, stream_id: int) -> None:
         self._pushes.pop(stream_id, None)
         entry = self._pending.pop(stream_id, None)
-        if entry is not None and not entry[1].done():
-            entry[1].set_exception(ConnectionLost("the server reset the request stream"))
+        if entry is not None:
+            entry.fail(ConnectionLost("the server reset the request stream"))
 
     def _terminate(self, reason: str, error_type: type[TransportError]) -> None:
         if self.termination is not None:
@@ -196,12 +244,12 @@ class _ClientProtocol(RpcConnectionProtocol):
         if not self.handshake.done():
             self.handshake.set_exception(error_type(reason))
             self.handshake.exception()  # retrieved here; connect() re-raises it if awaited
-        for _, future in self._pending.values():
-            if not future.done():
-                future.set_exception(ConnectionLost(f"connection lost mid-request: {reason}"))
+        for entry in self._pending.values():
+            entry.fail(ConnectionLost(f"connection lost mid-request: {reason}"))
         self._pending.clear()
         self._pushes.clear()
         self._credit.set()  # wake requests waiting for stream credit: they fail now
+        self.wake_drainers()  # and uploads waiting for send buffer
         if self._transport is not None:
             self._transport.close()  # aioquic never closes it (pitfall 1)
         self.stop_timer()
@@ -229,29 +277,92 @@ class _ClientProtocol(RpcConnectionProtocol):
             self._credit.clear()
             await self._credit.wait()
 
-    async def send(self, frame: bytes) -> Any:
-        """Send one request frame on a new stream and await the decoded response."""
+    @property
+    def gone(self) -> bool:
+        return self.termination is not None
+
+    async def _open(self, entry: _Call | _Stream, frame: bytes, end_stream: bool) -> int:
         await self._await_stream_credit()
         if self.termination is not None:
             raise ConnectionLost(self.termination)
         stream_id = self._quic.get_next_available_stream_id()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[stream_id] = (SingleFrameReader(self._max_frame), future)
-        self._quic.send_stream_data(stream_id, frame, end_stream=True)
+        self._pending[stream_id] = entry
+        self._quic.send_stream_data(stream_id, frame, end_stream=end_stream)
         self.send_soon()
-        try:
-            return await future
-        finally:
-            if self._pending.pop(stream_id, None) is not None and self.alive:
-                # Abandoned (timeout or cancellation): tell the server, free the stream.
-                self._quic.reset_stream(stream_id, STREAM_CANCELLED)
+        return stream_id
+
+    def abandon(self, stream_id: int) -> None:
+        """If the stream is still pending (timeout, cancellation, early exit): reset and stop it,
+        so the server cancels its handler and the stream is freed."""
+        if self._pending.pop(stream_id, None) is not None and self.alive:
+            self._quic.reset_stream(stream_id, STREAM_CANCELLED)
+            try:
                 self._quic.stop_stream(stream_id, STREAM_CANCELLED)
-                self.transmit()
+            except ValueError:  # aioquic already discarded the stream
+                pass
+            self.transmit()
+
+    async def send(self, frame: bytes) -> Any:
+        """Send one request frame on a new stream and await the decoded response."""
+        entry = _Call(self._max_frame)
+        stream_id = await self._open(entry, frame, end_stream=True)
+        try:
+            return await entry.future
+        finally:
+            self.abandon(stream_id)
+
+    async def upload(self, frame: bytes, body: bytes | AsyncIterable[bytes]) -> Any:
+        """Send a request frame, then ``body`` raw, then end the stream; await the response.
+
+        Writing stops early if the server answers or refuses (STOP_SENDING) before the end.
+        """
+        entry = _Call(self._max_frame)
+        stream_id = await self._open(entry, frame, end_stream=False)
+        try:
+            async for chunk in _chunks(body):
+                if entry.stopped or entry.future.done():
+                    break
+                try:
+                    self._quic.send_stream_data(stream_id, chunk)
+                except RuntimeError:  # the server reset our sending half (STOP_SENDING)
+                    break
+                self.send_soon()
+                if not await self.drain(stream_id):
+                    break
+                await asyncio.sleep(0)  # a body already in memory must not starve the loop
+            else:
+                if not entry.stopped and not entry.future.done():
+                    try:
+                        self._quic.send_stream_data(stream_id, b"", end_stream=True)
+                        self.send_soon()
+                    except RuntimeError:
+                        pass
+            return await entry.future
+        finally:
+            self.abandon(stream_id)
+
+    async def open_stream(self, frame: bytes) -> tuple[int, _Stream]:
+        """Send a request frame on a new stream and return the queue its responses arrive on."""
+        entry = _Stream(self._max_frame)
+        return await self._open(entry, frame, end_stream=True), entry
 
     def shutdown(self, reason: str) -> None:
         if self.alive:
             self.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase=reason)
             self._terminate(f"closed by client: {reason}", ConnectionLost)
+
+
+async def _chunks(body: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """An upload body as pieces of at most ``UPLOAD_CHUNK_BYTES``."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        view = memoryview(body)
+        for start in range(0, len(view), UPLOAD_CHUNK_BYTES):
+            yield bytes(view[start : start + UPLOAD_CHUNK_BYTES])
+        return
+    async for piece in body:
+        view = memoryview(piece)
+        for start in range(0, len(view), UPLOAD_CHUNK_BYTES):
+            yield bytes(view[start : start + UPLOAD_CHUNK_BYTES])
 
 
 class RpcClient:
@@ -488,3 +599,84 @@ class RpcClient:
         frame = encode_frame(request.to_wire(), self.options.max_frame_bytes)
         async with asyncio.timeout(self.options.request_timeout_s):
             return parse_response(await protocol.send(frame))
+
+    async def upload(
+        self,
+        request: Request | dict[str, Any],
+        body: bytes | AsyncIterable[bytes],
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Send a request frame followed by ``body`` as raw bytes (an upload route), return the
+        response fields; raise its typed error if it failed.
+
+        The body is written in chunks as the server acknowledges them, so memory stays bounded
+        whatever its size. The timeout covers the whole exchange (connection, slot, body and
+        answer): callers should scale it with the body size. If the server refuses early
+        (``FRAME_TOO_LARGE``, an unknown op), writing stops and its error is raised.
+        """
+        message = request.to_wire() if isinstance(request, Request) else request
+        frame = encode_frame(message, self.options.max_frame_bytes)
+        timeout = timeout_s if timeout_s is not None else self.options.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._slots:
+                    protocol = await self._live_protocol()
+                    return parse_response(await protocol.upload(frame, body))
+        except TimeoutError:
+            reason = "" if self.connected else f"; not connected: {self.last_error}"
+            self._probe_soon()
+            raise RequestTimeout(
+                f"upload {message.get('op', '?')!r} to {self.host}:{self.port} did not complete "
+                f"within {timeout:g}s{reason}"
+            ) from None
+
+    def stream(
+        self, request: Request | dict[str, Any], timeout_s: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Send a request to a server-stream route; iterate the fields of each ok frame.
+
+        An error frame raises its typed error; the iteration ends when the server ends the
+        stream. Opening the stream (connection and in-flight slot) is bounded by the request
+        timeout; after that ``timeout_s``, if given, bounds the wait for each next frame
+        (``RequestTimeout``), and by default there is none (a watch may last hours). Losing the
+        connection raises ``ConnectionLost`` at once. Stopping early (``break``, ``aclose()``)
+        resets the stream so the server cancels its handler.
+        """
+        message = request.to_wire() if isinstance(request, Request) else request
+        frame = encode_frame(message, self.options.max_frame_bytes)
+        return self._stream(frame, str(message.get("op", "?")), timeout_s)
+
+    async def _stream(self, frame: bytes, op: str, timeout_s: float | None) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with asyncio.timeout(self.options.request_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise RequestTimeout(f"could not open a stream for {op!r}: too many requests in flight") from None
+        try:
+            try:
+                async with asyncio.timeout(self.options.request_timeout_s):
+                    protocol = await self._live_protocol()
+                    stream_id, entry = await protocol.open_stream(frame)
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"could not open a stream for {op!r} to {self.host}:{self.port}: "
+                    f"not connected: {self.last_error}"
+                ) from None
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(timeout_s):
+                            item = await entry.queue.get()
+                    except TimeoutError:
+                        raise RequestTimeout(f"no frame on stream {op!r} within {timeout_s:g}s") from None
+                    if item is _END:
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    fields = parse_response(item)
+                    fields.pop("ok", None)
+                    yield fields
+            finally:
+                protocol.abandon(stream_id)
+        finally:
+            self._slots.release()

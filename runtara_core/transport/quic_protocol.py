@@ -8,6 +8,13 @@ from typing import Any
 from aioquic import tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 
+from runtara_core.errors import ConnectionLost
+
+SEND_BUFFER_HIGH_WATER = 1 << 20
+"""Bytes a stream may hold written but unacknowledged before its writer waits (``drain``):
+aioquic buffers whatever it is given, so without this an upload or a fast server stream would
+hold its whole payload in memory."""
+
 
 class RpcConnectionProtocol(QuicConnectionProtocol):
     """aioquic's protocol, made safe to outlive its socket.
@@ -22,6 +29,7 @@ class RpcConnectionProtocol(QuicConnectionProtocol):
     whatever else it made due (an ACK, say) is sent on its own."""
 
     _reply_expected = False
+    _progress: asyncio.Event | None = None
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         # aioquic transmits right after every datagram, before our handlers have answered: a
@@ -36,6 +44,7 @@ class RpcConnectionProtocol(QuicConnectionProtocol):
             self._transmit_later(self.REPLY_GRACE_S)
         else:
             self._transmit_soon()
+        self.wake_drainers()  # an ACK may have freed send buffer
 
     def expect_reply(self) -> None:
         """Called while handling a received event: this side will send something soon."""
@@ -88,3 +97,44 @@ class RpcConnectionProtocol(QuicConnectionProtocol):
             stream.sender._buffer_stop > 0 and not stream.sender.is_finished
             for stream in self._quic._streams.values()
         )
+
+    @property
+    def gone(self) -> bool:
+        """Whether the connection is over (subclasses know better)."""
+        return self._transport is None or self._transport.is_closing()
+
+    def wake_drainers(self) -> None:
+        """Let every ``drain`` re-check its stream (after ACKs arrived or the connection ended)."""
+        if self._progress is not None:
+            self._progress.set()
+
+    def send_buffered(self, stream_id: int) -> int | None:
+        """Bytes written on a stream and not yet acknowledged (aioquic private state, 1.x);
+        None once its sending half was reset (e.g. the peer sent STOP_SENDING) or discarded."""
+        stream = self._quic._streams.get(stream_id)
+        if stream is None:
+            return None
+        sender = stream.sender
+        if sender._reset_error_code is not None:
+            return None
+        return sender._buffer_stop - sender._buffer_start
+
+    async def drain(self, stream_id: int, high_water: int = SEND_BUFFER_HIGH_WATER) -> bool:
+        """Wait until the stream holds at most ``high_water`` unacknowledged bytes.
+
+        aioquic has no write backpressure: this polls its send buffer each time a datagram
+        (carrying ACKs) arrives. Returns False if the stream's sending half was reset meanwhile
+        (stop writing); raises ``ConnectionLost`` if the connection ends.
+        """
+        while True:
+            if self.gone:
+                raise ConnectionLost("the connection closed while a stream was being written")
+            pending = self.send_buffered(stream_id)
+            if pending is None:
+                return False
+            if pending <= high_water:
+                return True
+            if self._progress is None:
+                self._progress = asyncio.Event()
+            self._progress.clear()
+            await self._progress.wait()

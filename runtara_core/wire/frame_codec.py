@@ -121,3 +121,57 @@ class SingleFrameReader:
         if not self._frames:
             raise BadRequest("stream ended without a frame")
         return unpack_payload(self._frames[0])
+
+
+class HeadFrameReader:
+    """Collects the request frame at the head of a stream, leaving what follows it untouched.
+
+    An upload's request frame is followed by raw (unframed) bytes, and it must be routed as soon
+    as it is complete, before the stream ends; so this reader stops after one frame and hands
+    back the bytes after it instead of parsing them as frames.
+    """
+
+    __slots__ = ("_buffer", "_max", "_expected", "done")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_frame_bytes
+        self._expected: int | None = None
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """Add ``data``; once the head frame is complete, return ``(payload, rest)`` (once).
+
+        ``rest`` holds the bytes of ``data`` that follow the frame. Feeding after that is an error.
+        """
+        if self.done:
+            raise RuntimeError("the head frame was already returned")
+        self._buffer += data
+        if self._expected is None:
+            if len(self._buffer) < HEADER_SIZE:
+                return None
+            (length,) = HEADER.unpack_from(self._buffer)
+            if length > self._max:
+                raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {self._max} bytes")
+            del self._buffer[:HEADER_SIZE]
+            self._expected = length
+        if len(self._buffer) < self._expected:
+            return None
+        payload, rest = bytes(self._buffer[: self._expected]), bytes(self._buffer[self._expected :])
+        self._buffer = bytearray()
+        self.done = True
+        return payload, rest
+
+    def check_complete(self) -> None:
+        """Call at end of stream if ``feed`` never returned the frame: always a ``BadRequest``."""
+        if self.done:
+            return
+        if self._expected is not None:
+            raise BadRequest(
+                f"stream ended inside a frame: got {len(self._buffer)} of {self._expected} bytes"
+            )
+        if self._buffer:
+            raise BadRequest(
+                f"stream ended inside a frame header: got {len(self._buffer)} of {HEADER_SIZE} bytes"
+            )
+        raise BadRequest("stream ended without a frame")
