@@ -201,7 +201,15 @@ class Persistence(ABC):
 
     @abstractmethod
     async def record_exit_metrics(self, instance_id: str, exit: ProcessExit) -> None:
-        """Store what the supervisor measured about the launch that just ended."""
+        """Fold what the supervisor measured about the launch that just ended into the instance.
+
+        The metrics accumulate over launches (crash relaunches, wakes, resumes), in one atomic
+        update so exits recorded concurrently all count: ``peak_rss_bytes`` becomes the larger
+        of the stored and the new value, ``cpu_time_ms`` and ``run_time_ms`` add the new value
+        (a stored NULL counting as 0). A None field of ``exit`` leaves its column alone.
+        ``exit_code``, ``exit_signal`` and ``stderr_tail`` describe the latest launch: they are
+        overwritten, None included. NotFound if the instance does not exist.
+        """
 
     @abstractmethod
     async def find_stale_running(
@@ -339,7 +347,9 @@ class Persistence(ABC):
 
     @abstractmethod
     async def claim_due_wakeups(self, now_ms: int, limit: int = 100) -> list[InstanceRow]:
-        """Move due hibernating instances (sleeping or waiting, wake_at <= now) to pending.
+        """Move due suspended instances to pending: those with a reason in
+        ``rules.WAKEABLE_REASONS`` (sleeping, waiting, and crashed ones whose relaunch backoff
+        ends at wake_at) and wake_at <= now. Paused instances are never claimed.
 
         One atomic conditional update: concurrent claimers (several schedulers on one
         PostgreSQL) never get the same instance. Returns the claimed rows, in no set order.
@@ -358,7 +368,8 @@ class Persistence(ABC):
 
     @abstractmethod
     async def next_wake_at(self) -> int | None:
-        """The earliest wake time of any hibernating instance, for the scheduler's timer."""
+        """The earliest wake time of any instance ``claim_due_wakeups`` would claim (a
+        hibernation or a crash backoff), for the scheduler's timer."""
 
     # ------------------------------------------------------------------ images
 

@@ -84,6 +84,7 @@ from runtara_core.persistence.sqlbuild import (
     claim_signal_waiters_statement,
     count_active_statement,
     list_instances_queries,
+    record_exit_statement,
     transition_statement,
 )
 
@@ -431,17 +432,10 @@ class PostgresPersistence(Persistence):
         )
 
     async def record_exit_metrics(self, instance_id: str, exit: ProcessExit) -> None:
-        await self._update_instance(
-            instance_id,
-            "exit_code = $2, exit_signal = $3, peak_rss_bytes = $4, cpu_time_ms = $5, "
-            "stderr_tail = $6, updated_at_ms = $7",
-            exit.exit_code,
-            exit.exit_signal,
-            exit.peak_rss_bytes,
-            exit.cpu_time_ms,
-            exit.stderr_tail,
-            self._clock(),
-        )
+        params = Params(postgres=True)
+        sql = record_exit_statement(params, instance_id, exit, self._clock())
+        if await self._pool.execute(sql, *params.values) == "UPDATE 0":
+            raise rules.instance_not_found(instance_id)
 
     async def find_stale_running(
         self, heartbeat_before_ms: int, limit: int = 1000
@@ -798,8 +792,10 @@ class PostgresPersistence(Persistence):
             try:
                 row = await conn.fetchrow(
                     "INSERT INTO images (image_id, tenant, name, version, description, "
-                    "entrypoint, input_schema, metadata, sha256, size_bytes, created_at_ms) "
-                    "SELECT $1, $2, $3, COALESCE(MAX(version), 0) + 1, $4, $5, $6, $7, $8, $9, $10 "
+                    "entrypoint, input_schema, metadata, sha256, size_bytes, created_at_ms, "
+                    "filename) "
+                    "SELECT $1, $2, $3, COALESCE(MAX(version), 0) + 1, $4, $5, $6, $7, $8, $9, $10, "
+                    "$11 "
                     f"FROM images WHERE tenant = $2 AND name = $3 RETURNING {IMAGE_COLUMNS}",
                     new.image_id,
                     new.tenant,
@@ -811,6 +807,7 @@ class PostgresPersistence(Persistence):
                     new.sha256,
                     new.size_bytes,
                     now,
+                    new.filename,
                 )
             except asyncpg.UniqueViolationError as exc:
                 raise Conflict(f"image id {new.image_id!r} is already in use") from exc

@@ -34,11 +34,11 @@ INSTANCE_COLUMNS = (
     "attempt, max_attempts, input, output, error, created_at_ms, started_at_ms, finished_at_ms, "
     "updated_at_ms, wake_at_ms, heartbeat_at_ms, waiting_signal_name, checkpoint_id, node_id, "
     "priority, timeout_ms, env, pid, pid_create_time, peak_rss_bytes, cpu_time_ms, exit_code, "
-    "exit_signal, stderr_tail, launch_id"
+    "exit_signal, stderr_tail, launch_id, run_time_ms"
 )
 IMAGE_COLUMNS = (
     "image_id, tenant, name, version, description, entrypoint, input_schema, metadata, sha256, "
-    "size_bytes, created_at_ms"
+    "size_bytes, created_at_ms, filename"
 )
 EVENT_COLUMNS = "id, instance_id, type, subtype, payload, created_at_ms"
 SIGNAL_COLUMNS = "instance_id, signal_type, payload, created_at_ms"
@@ -93,6 +93,7 @@ def instance_from_record(r: Record) -> InstanceRow:
         exit_signal=r["exit_signal"],
         stderr_tail=r["stderr_tail"],
         launch_id=r["launch_id"],
+        run_time_ms=r["run_time_ms"],
     )
 
 
@@ -109,6 +110,7 @@ def image_from_record(r: Record) -> ImageRow:
         sha256=r["sha256"],
         size_bytes=r["size_bytes"],
         created_at_ms=r["created_at_ms"],
+        filename=r["filename"],
     )
 
 

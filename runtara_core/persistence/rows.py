@@ -166,6 +166,12 @@ def check_id(field: str, value: object) -> None:
     _require(0 < size <= MAX_ID_BYTES, f"{field} must be 1..{MAX_ID_BYTES} bytes, got {size}")
 
 
+def check_short_text(field: str, value: object) -> None:
+    """Short free text (a file name): 0..MAX_ID_BYTES bytes, empty allowed."""
+    size = len(_utf8(field, value))
+    _require(size <= MAX_ID_BYTES, f"{field} must be at most {MAX_ID_BYTES} bytes, got {size}")
+
+
 def check_int(
     field: str, value: object, minimum: int = INT64_MIN, maximum: int = INT64_MAX
 ) -> None:
@@ -224,6 +230,7 @@ _BY_NAME: dict[str, Check] = {
     "error": check_text,
     "stderr_tail": check_text,
     "subtype": check_text,
+    "filename": check_short_text,
     "limit": partial(check_int, minimum=1, maximum=MAX_PAGE),
     "offset": partial(check_int, minimum=0),
     # Launches count from 1; a fence or an update naming attempt 0 is a caller's bug.
@@ -394,6 +401,9 @@ class InstanceRow:
     stderr_tail: str | None
     launch_id: str | None = None
     """The launch running it (see ``RegisterRequest.launch_id``); None before any."""
+    run_time_ms: int = 0
+    """Wall-clock time its processes have run, summed over launches (``record_exit_metrics``):
+    the execution timeout counts running time only, across crashes, sleeps and pauses."""
 
     @property
     def is_terminal(self) -> bool:
@@ -443,9 +453,14 @@ class ProcessExit:
     peak_rss_bytes: int | None = None
     cpu_time_ms: int | None = None
     stderr_tail: str | None = None
+    run_time_ms: int | None = None
+    """Wall-clock duration of this launch; added to the instance's ``run_time_ms``."""
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        for name in ("peak_rss_bytes", "cpu_time_ms", "run_time_ms"):
+            value = getattr(self, name)
+            _require(value is None or value >= 0, f"{name} must be >= 0, got {value}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,6 +621,8 @@ class NewImage:
     description: str = ""
     input_schema: Mapping[str, Any] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    filename: str = ""
+    """The file the image was registered from (``order.py``, ``app.tar.gz``); "" if unknown."""
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -625,3 +642,5 @@ class ImageRow:
     sha256: str
     size_bytes: int
     created_at_ms: int
+    filename: str
+    """The file the image was registered from; "" for images registered before it was kept."""

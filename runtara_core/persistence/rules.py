@@ -150,6 +150,10 @@ def check_launch(
 HIBERNATION_REASONS: frozenset[TerminationReason] = frozenset(
     {TerminationReason.SLEEPING, TerminationReason.WAITING}
 )
+WAKEABLE_REASONS: frozenset[TerminationReason] = HIBERNATION_REASONS | {TerminationReason.CRASHED}
+"""Suspended instances the wake scheduler relaunches when wake_at_ms comes: hibernations
+(sleeping, waiting) and crashed launches whose relaunch backoff ends then. A paused instance
+(wake_at NULL) is never claimed: only a resume relaunches it."""
 HIBERNATION_BLOCKERS: frozenset[SignalType] = frozenset({SignalType.CANCEL, SignalType.PAUSE})
 """Pending instance-wide signals that keep an instance from hibernating: the launch must act on
 them (a pending resume asks for nothing a hibernating instance would not do)."""

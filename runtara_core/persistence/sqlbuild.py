@@ -19,7 +19,15 @@ from runtara_core.persistence.rows import (
     InstanceFilter,
     InstanceOrder,
     InstanceStatus,
+    ProcessExit,
 )
+from runtara_core.persistence.rules import WAKEABLE_REASONS
+
+_WAKEABLE = "termination_reason IN ({})".format(
+    ", ".join(f"'{reason.value}'" for reason in sorted(WAKEABLE_REASONS))
+)
+"""``rules.WAKEABLE_REASONS`` as SQL: enum literals, not bind values, so the text (and the plan
+of every claim) stays the same."""
 
 _ORDER_BY: dict[InstanceOrder, str] = {
     InstanceOrder.CREATED_ASC: "created_at_ms ASC, instance_id ASC",
@@ -123,7 +131,8 @@ def transition_statement(
 
 
 def claim_due_statement(params: Params, columns: Mapping[str, Any], now_ms: int, limit: int) -> str:
-    """Claim hibernating instances whose wake time has come (oldest due first).
+    """Claim wakeable instances (``rules.WAKEABLE_REASONS``) whose wake time has come (oldest
+    due first).
 
     A range scan of the instances_wake index (status, wake_at_ms) that stops at ``now_ms``: its
     cost follows the number due, not the number hibernating.
@@ -133,7 +142,7 @@ def claim_due_statement(params: Params, columns: Mapping[str, Any], now_ms: int,
         columns,
         "SELECT instance_id FROM instances "
         f"WHERE status = 'suspended' AND wake_at_ms <= {params(now_ms)} "
-        "AND termination_reason IN ('sleeping', 'waiting') "
+        f"AND {_WAKEABLE} "
         f"ORDER BY wake_at_ms LIMIT {params(limit)}{params.skip_locked()}",
     )
 
@@ -164,9 +173,37 @@ def claim_signal_waiters_statement(
 
 NEXT_WAKE_AT = (
     "SELECT MIN(wake_at_ms) FROM instances WHERE status = 'suspended' "
-    "AND wake_at_ms IS NOT NULL AND termination_reason IN ('sleeping', 'waiting')"
+    f"AND wake_at_ms IS NOT NULL AND {_WAKEABLE}"
 )
 """The earliest wake time: the first entry of the instances_wake index under 'suspended'."""
+
+
+def record_exit_statement(
+    params: Params, instance_id: str, exit: ProcessExit, now_ms: int
+) -> str:
+    """Fold one launch's exit into the instance's metrics (``Persistence.record_exit_metrics``).
+
+    In the UPDATE itself, so two exits recorded at once both count. What the launch did not
+    measure (None) leaves its column alone; the cumulative columns combine with what is stored
+    (a NULL stored value counts as nothing): peak RSS is the larger, CPU and run time add up.
+    """
+    columns = [
+        f"exit_code = {params(exit.exit_code)}",
+        f"exit_signal = {params(exit.exit_signal)}",
+        f"stderr_tail = {params(exit.stderr_tail)}",
+    ]
+    if exit.peak_rss_bytes is not None:
+        columns.append(
+            "peak_rss_bytes = CASE WHEN peak_rss_bytes IS NULL OR peak_rss_bytes < "
+            f"{params(exit.peak_rss_bytes)} THEN {params(exit.peak_rss_bytes)} "
+            "ELSE peak_rss_bytes END"
+        )
+    if exit.cpu_time_ms is not None:
+        columns.append(f"cpu_time_ms = COALESCE(cpu_time_ms, 0) + {params(exit.cpu_time_ms)}")
+    if exit.run_time_ms is not None:
+        columns.append(f"run_time_ms = run_time_ms + {params(exit.run_time_ms)}")
+    columns.append(f"updated_at_ms = {params(now_ms)}")
+    return f"UPDATE instances SET {', '.join(columns)} WHERE instance_id = {params(instance_id)}"
 
 
 def _claim(params: Params, columns: Mapping[str, Any], pick: str) -> str:

@@ -72,6 +72,7 @@ from runtara_core.persistence.sqlbuild import (
     claim_signal_waiters_statement,
     count_active_statement,
     list_instances_queries,
+    record_exit_statement,
     transition_statement,
 )
 
@@ -582,21 +583,14 @@ class SqlitePersistence(Persistence):
         )
 
     async def record_exit_metrics(self, instance_id: str, exit: ProcessExit) -> None:
-        now = self._clock()
-        await self._write(
-            lambda c: _update_instance(
-                c,
-                instance_id,
-                "exit_code = ?, exit_signal = ?, peak_rss_bytes = ?, cpu_time_ms = ?, "
-                "stderr_tail = ?, updated_at_ms = ?",
-                exit.exit_code,
-                exit.exit_signal,
-                exit.peak_rss_bytes,
-                exit.cpu_time_ms,
-                exit.stderr_tail,
-                now,
-            )
-        )
+        params = Params(postgres=False)
+        sql = record_exit_statement(params, instance_id, exit, self._clock())
+
+        def tx(conn: sqlite3.Connection) -> None:
+            if conn.execute(sql, params.values).rowcount == 0:
+                raise rules.instance_not_found(instance_id)
+
+        await self._write(tx)
 
     async def find_stale_running(
         self, heartbeat_before_ms: int, limit: int = 1000
@@ -916,8 +910,9 @@ class SqlitePersistence(Persistence):
                 row = _one(
                     conn,
                     "INSERT INTO images (image_id, tenant, name, version, description, "
-                    "entrypoint, input_schema, metadata, sha256, size_bytes, created_at_ms) "
-                    "SELECT ?, ?, ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?, ?, ? "
+                    "entrypoint, input_schema, metadata, sha256, size_bytes, created_at_ms, "
+                    "filename) "
+                    "SELECT ?, ?, ?, COALESCE(MAX(version), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ? "
                     f"FROM images WHERE tenant = ? AND name = ? RETURNING {IMAGE_COLUMNS}",
                     new.image_id,
                     new.tenant,
@@ -929,6 +924,7 @@ class SqlitePersistence(Persistence):
                     new.sha256,
                     new.size_bytes,
                     now,
+                    new.filename,
                     new.tenant,
                     new.name,
                 )

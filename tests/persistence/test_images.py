@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -23,6 +24,7 @@ async def test_create_image_stores_every_field(persistence: Persistence, clock: 
         description="Order flow",
         input_schema={"type": "object", "required": ["id"]},
         metadata={"team": "payments"},
+        filename="order.py",
     )
 
     row = await persistence.create_image(new)
@@ -39,8 +41,34 @@ async def test_create_image_stores_every_field(persistence: Persistence, clock: 
         sha256="ab" * 32,
         size_bytes=4096,
         created_at_ms=clock(),
+        filename="order.py",
     )
     assert await persistence.get_image("img-1") == row
+
+
+async def test_filename_defaults_to_empty_and_keeps_any_short_text(
+    persistence: Persistence,
+) -> None:
+    plain = await persistence.create_image(new_image("img-plain"))
+    odd = "app v2 (final) ü.tar.gz"
+    longest = "f" * 252 + ".py"  # 255 bytes
+
+    named = await persistence.create_image(replace(new_image("img-odd"), filename=odd))
+    widest = await persistence.create_image(replace(new_image("img-255"), filename=longest))
+
+    assert plain.filename == ""
+    assert (await persistence.get_image("img-odd")) == named and named.filename == odd
+    assert (await persistence.latest_image("acme", "orders")) == widest
+    assert widest.filename == longest
+
+
+def test_filename_refuses_nul_and_more_than_255_bytes() -> None:
+    with pytest.raises(BadRequest, match="filename must not contain NUL"):
+        replace(new_image("i"), filename="order\x00.py")
+    with pytest.raises(BadRequest, match="filename must be at most 255 bytes"):
+        replace(new_image("i"), filename="ü" * 128)  # 256 bytes
+    with pytest.raises(BadRequest, match="filename"):
+        replace(new_image("i"), filename=None)  # type: ignore[arg-type]
 
 
 async def test_versions_count_per_tenant_and_name(persistence: Persistence) -> None:

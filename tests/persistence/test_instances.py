@@ -402,6 +402,95 @@ async def test_record_process_and_exit_metrics(
         await persistence.record_exit_metrics("missing", ProcessExit(exit_code=0))
 
 
+async def test_exit_metrics_accumulate_over_launches(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    """Peak RSS is the largest launch's, CPU and run time add up, the exit is the latest's."""
+    row = await make_instance(status=RUNNING)
+    assert (row.run_time_ms, row.cpu_time_ms, row.peak_rss_bytes) == (0, None, None)
+
+    await persistence.record_exit_metrics(
+        row.instance_id,
+        ProcessExit(
+            exit_code=None,
+            exit_signal=9,
+            peak_rss_bytes=80 << 20,
+            cpu_time_ms=1_000,
+            stderr_tail="killed",
+            run_time_ms=5_000,
+        ),
+    )
+    await persistence.record_exit_metrics(
+        row.instance_id,
+        ProcessExit(
+            exit_code=0, peak_rss_bytes=30 << 20, cpu_time_ms=250, run_time_ms=1_500
+        ),
+    )
+
+    after = await persistence.get_instance(row.instance_id)
+    assert after is not None
+    assert after.peak_rss_bytes == 80 << 20
+    assert (after.cpu_time_ms, after.run_time_ms) == (1_250, 6_500)
+    assert (after.exit_code, after.exit_signal, after.stderr_tail) == (0, None, None)
+
+    await persistence.record_exit_metrics(
+        row.instance_id, ProcessExit(exit_code=1, peak_rss_bytes=100 << 20)
+    )
+    bigger = await persistence.get_instance(row.instance_id)
+    assert bigger is not None and bigger.peak_rss_bytes == 100 << 20
+
+
+async def test_unmeasured_exit_metrics_leave_the_stored_values_alone(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+
+    await persistence.record_exit_metrics(row.instance_id, ProcessExit(exit_code=3))
+    nothing = await persistence.get_instance(row.instance_id)
+    assert nothing is not None
+    assert (nothing.peak_rss_bytes, nothing.cpu_time_ms, nothing.run_time_ms) == (None, None, 0)
+    assert nothing.exit_code == 3
+
+    await persistence.record_exit_metrics(
+        row.instance_id,
+        ProcessExit(exit_code=0, peak_rss_bytes=1 << 20, cpu_time_ms=40, run_time_ms=700),
+    )
+    await persistence.record_exit_metrics(
+        row.instance_id, ProcessExit(exit_code=None, exit_signal=15, stderr_tail="bye")
+    )
+
+    after = await persistence.get_instance(row.instance_id)
+    assert after is not None
+    assert (after.peak_rss_bytes, after.cpu_time_ms, after.run_time_ms) == (1 << 20, 40, 700)
+    assert (after.exit_code, after.exit_signal, after.stderr_tail) == (None, 15, "bye")
+
+
+async def test_concurrent_exit_metrics_all_count(
+    persistence: Persistence, make_instance: MakeInstance
+) -> None:
+    row = await make_instance(status=RUNNING)
+
+    await asyncio.gather(
+        *(
+            persistence.record_exit_metrics(
+                row.instance_id,
+                ProcessExit(exit_code=0, peak_rss_bytes=n, cpu_time_ms=n, run_time_ms=n),
+            )
+            for n in range(1, 21)
+        )
+    )
+
+    after = await persistence.get_instance(row.instance_id)
+    assert after is not None
+    assert (after.peak_rss_bytes, after.cpu_time_ms, after.run_time_ms) == (20, 210, 210)
+
+
+def test_process_exit_refuses_negative_measurements() -> None:
+    for name in ("peak_rss_bytes", "cpu_time_ms", "run_time_ms"):
+        with pytest.raises(BadRequest, match=name):
+            ProcessExit(exit_code=0, **{name: -1})  # type: ignore[arg-type]
+
+
 async def test_find_stale_running(
     persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
 ) -> None:

@@ -18,6 +18,7 @@ from runtara_core.persistence.migrations import (
     split_sqlite_script,
 )
 from tests.conftest import Backend
+from tests.persistence.conftest import other_transaction
 
 ALL_MIGRATIONS = [m.name for m in load_migrations("sqlite")]
 
@@ -128,6 +129,40 @@ async def test_new_files_apply_in_order_and_a_failure_rolls_back(
     (folder / "0003_broken.sql").write_text("CREATE TABLE third_table (x INTEGER);\n")
     assert await store.migrate() == ["0003_broken"]
     assert await table_exists(backend, "third_table")
+
+
+async def test_0003_gives_existing_rows_the_defaults(backend: Backend, tmp_path: Path) -> None:
+    """Images and instances stored before 0003 read back with filename "" and run_time_ms 0."""
+    dialect = "postgres" if backend.kind == "postgres" else "sqlite"
+    shipped = {m.name: m for m in load_migrations(dialect)}
+    folder = write_migrations(
+        tmp_path / "migrations",
+        {f"{name}.sql": shipped[name].sql for name in ("0001_initial", "0002_launch_id")},
+    )
+    old = await backend.open(migrations_dir=folder)
+    async with other_transaction(backend) as other:
+        await other.execute(
+            "INSERT INTO images (image_id, tenant, name, version, entrypoint, sha256, size_bytes, "
+            "created_at_ms) VALUES ('img-old', 'acme', 'orders', 1, 'w:main', '0', 1, 5)"
+        )
+        await other.execute(
+            "INSERT INTO instances (instance_id, tenant, image_id, image_name, image_version, "
+            "status, termination_reason, input, created_at_ms, updated_at_ms, wake_at_ms, "
+            "cpu_time_ms) VALUES ('inst-old', 'acme', 'img-old', 'orders', 1, 'suspended', "
+            f"'crashed', {other.blob(b'')}, 5, 5, 7, 40)"
+        )
+        await other.commit()
+
+    write_migrations(folder, {"0003_environment.sql": shipped["0003_environment"].sql})
+    assert await old.migrate() == ["0003_environment"]
+    store = await backend.open()  # the shipped folder: everything already applied
+
+    image = await store.get_image("img-old")
+    assert image is not None and image.filename == ""
+    instance = await store.get_instance("inst-old")
+    assert instance is not None and (instance.run_time_ms, instance.cpu_time_ms) == (0, 40)
+    assert await store.next_wake_at() == 7
+    assert [r.instance_id for r in await store.claim_due_wakeups(7)] == ["inst-old"]
 
 
 def test_misnamed_and_duplicate_files_are_refused(tmp_path: Path) -> None:

@@ -204,6 +204,17 @@ def _stored(tenant: str, image_id: str | None) -> InstanceRow:
     )
 
 
+def test_wakeable_reasons() -> None:
+    """The wake scheduler relaunches hibernations and crash backoffs; never a pause."""
+    assert rules.WAKEABLE_REASONS == {
+        TerminationReason.SLEEPING,
+        TerminationReason.WAITING,
+        TerminationReason.CRASHED,
+    }
+    assert rules.HIBERNATION_REASONS <= rules.WAKEABLE_REASONS
+    assert TerminationReason.PAUSED not in rules.WAKEABLE_REASONS
+
+
 def test_check_start() -> None:
     start = NewInstance("i", "img")
     mine, orphaned = _stored("acme", "img"), _stored("acme", None)

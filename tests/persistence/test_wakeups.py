@@ -37,17 +37,19 @@ async def test_claim_moves_due_sleepers_to_pending(
     due = await _sleeping(make_instance, now - 1)
     exactly_due = await _sleeping(make_instance, now)
     waiting_timeout = await _sleeping(make_instance, now - 5, reason=TerminationReason.WAITING)
+    backoff_over = await _sleeping(make_instance, now - 3, reason=TerminationReason.CRASHED)
     later = await _sleeping(make_instance, now + 1)
+    backoff_later = await _sleeping(make_instance, now + 1, reason=TerminationReason.CRASHED)
     paused = await make_instance(status=SUSPENDED, reason=TerminationReason.PAUSED)
 
     claimed = await persistence.claim_due_wakeups(now)
 
-    assert {r.instance_id for r in claimed} == {due, exactly_due, waiting_timeout}
+    assert {r.instance_id for r in claimed} == {due, exactly_due, waiting_timeout, backoff_over}
     for row in claimed:
         assert row.status is InstanceStatus.PENDING
         assert row.termination_reason is None and row.wake_at_ms is None
     assert await persistence.claim_due_wakeups(now) == []
-    for instance_id in (later, paused.instance_id):
+    for instance_id in (later, backoff_later, paused.instance_id):
         untouched = await persistence.get_instance(instance_id)
         assert untouched is not None and untouched.status is SUSPENDED
 
@@ -67,11 +69,54 @@ async def test_claim_respects_the_limit_oldest_first(
         await persistence.claim_due_wakeups(now, limit=0)
 
 
+async def test_crashed_instance_is_claimed_when_its_backoff_ends(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    """How the environment parks a crash for its relaunch backoff: suspended, crashed, wake_at."""
+    now = clock()
+    running = await make_instance(status=RUNNING)
+    crashed = await persistence.transition(
+        running.instance_id,
+        [RUNNING],
+        SUSPENDED,
+        reason=TerminationReason.CRASHED,
+        update=InstanceUpdate(wake_at_ms=now + 1_000),
+    )
+    assert await persistence.next_wake_at() == now + 1_000
+    assert await persistence.claim_due_wakeups(now) == []
+
+    claimed = await persistence.claim_due_wakeups(now + 1_000)
+
+    assert [r.instance_id for r in claimed] == [crashed.instance_id]
+    assert claimed[0].status is InstanceStatus.PENDING
+    assert claimed[0].termination_reason is None and claimed[0].wake_at_ms is None
+    assert claimed[0].attempt == crashed.attempt
+    assert await persistence.claim_due_wakeups(now + 1_000) == []
+    assert await persistence.next_wake_at() is None
+
+
+async def test_paused_and_crashed_without_wake_time_are_never_claimed(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    paused = await make_instance(status=SUSPENDED, reason=TerminationReason.PAUSED)
+    parked = await make_instance(status=SUSPENDED, reason=TerminationReason.CRASHED)
+
+    assert await persistence.claim_due_wakeups(clock() + 10**12) == []
+    assert await persistence.next_wake_at() is None
+    for row in (paused, parked):
+        after = await persistence.get_instance(row.instance_id)
+        assert after is not None and after.status is SUSPENDED
+
+
 async def test_concurrent_claimers_never_share_an_instance(
     persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
 ) -> None:
     now = clock()
-    ids = {await _sleeping(make_instance, now - n) for n in range(30)}
+    ids = {await _sleeping(make_instance, now - n) for n in range(20)}
+    ids |= {
+        await _sleeping(make_instance, now - n, reason=TerminationReason.CRASHED)
+        for n in range(10)
+    }
 
     async def claimer() -> list[str]:
         got: list[str] = []
@@ -93,7 +138,11 @@ async def test_claimers_on_two_connections_never_share_an_instance(
     backend: Backend, persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
 ) -> None:
     now = clock()
-    ids = {await _sleeping(make_instance, now - n) for n in range(30)}
+    ids = {await _sleeping(make_instance, now - n) for n in range(20)}
+    ids |= {
+        await _sleeping(make_instance, now - n, reason=TerminationReason.CRASHED)
+        for n in range(10)
+    }
     other = await backend.open()
     await other.next_wake_at()  # connected before the race starts
 
@@ -168,5 +217,9 @@ async def test_next_wake_at(
     soonest = await _sleeping(make_instance, clock() + 2_000, reason=TerminationReason.WAITING)
     assert await persistence.next_wake_at() == clock() + 2_000
 
-    await persistence.transition(soonest, [SUSPENDED], InstanceStatus.CANCELLED)
+    backoff = await _sleeping(make_instance, clock() + 1_000, reason=TerminationReason.CRASHED)
+    assert await persistence.next_wake_at() == clock() + 1_000
+
+    for instance_id in (backoff, soonest):
+        await persistence.transition(instance_id, [SUSPENDED], InstanceStatus.CANCELLED)
     assert await persistence.next_wake_at() == clock() + 5_000
