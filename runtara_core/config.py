@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtara_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from runtara_core.persistence import Persistence
 
 MIB = 1024 * 1024
 ENV_PREFIX = "RUNTARA_"
@@ -50,6 +53,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".data")
     database_url: str = ""
+    database_schema: str | None = None
+    """PostgreSQL only: keep the tables in this schema (created if missing), e.g. to share one
+    database between several deployments."""
     core_addr: str = "127.0.0.1:8001"
     env_addr: str = "127.0.0.1:8002"
     certs_dir: Path = Path("certs")
@@ -70,6 +76,36 @@ class Settings(BaseSettings):
     heartbeat_timeout_ms: int = Field(60000, ge=100)
     default_max_attempts: int = Field(3, ge=1)
     launcher: Literal["fork", "spawn"] = "fork"
+    # -- the environment (DESIGN sections 5, 6, 8) --
+    node_id: str = ""
+    """Names this environment in health and on the instances it launches; default host:pid."""
+    embed_core: bool = True
+    """Run the core in the environment process, sharing its database (the default)."""
+    default_timeout_s: float | None = Field(None, gt=0)
+    """Execution timeout (running time) of instances started without one; None = no limit."""
+    stop_grace_s: float = Field(10.0, ge=0)
+    """Between SIGTERM and SIGKILL when an instance must stop (timeouts, shutdown)."""
+    crash_backoff_initial_ms: int = Field(500, ge=0)
+    crash_backoff_max_ms: int = Field(30_000, ge=0)
+    """Relaunch after a crash waits initial * 2^(attempt-1), capped here."""
+    wake_lead_ms: int = Field(1000, ge=0)
+    """Hibernating instances are launched this early and sleep the rest in process, so process
+    start-up does not make them late."""
+    wake_sweep_interval_s: float = Field(2.0, gt=0)
+    """How often the wake scheduler and the launcher re-read the database for other writers."""
+    supervisor_sweep_interval_s: float = Field(1.0, gt=0)
+    """How often silent (heartbeat timeout) and overdue (execution timeout) instances are sought."""
+    max_image_bytes: int = Field(256 * MIB, ge=1)
+    """An image as sent, and unpacked."""
+    max_image_files: int = Field(10_000, ge=1)
+    instance_memory_limit_bytes: int | None = Field(None, ge=16 * MIB)
+    """Address-space limit (RLIMIT_AS) of every instance process; None = none."""
+    instance_cpu_limit_s: int | None = Field(None, ge=1)
+    """CPU-time limit (RLIMIT_CPU) per launch; None = none."""
+    instance_heartbeat_interval_s: float | None = Field(None, gt=0)
+    """Passed to instances (RUNTARA_HEARTBEAT_INTERVAL_S); None = a third of the heartbeat timeout."""
+    stderr_tail_bytes: int = Field(4096, ge=0)
+    """How much of a launch's stderr.log is kept on the instance row."""
     request_timeout_s: float = Field(30.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0)
     max_streams_per_connection: int = Field(128, ge=1, le=100_000)
@@ -113,6 +149,14 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'runtara.db'}"
+
+    async def open_database(self, **options: Any) -> Persistence:
+        """The database these settings name, opened and migrated."""
+        from runtara_core.persistence import open_persistence
+
+        if self.database_schema is not None:
+            options.setdefault("schema", self.database_schema)
+        return await open_persistence(self.effective_database_url, **options)
 
 
 def load_settings(**overrides: Any) -> Settings:

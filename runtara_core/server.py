@@ -13,7 +13,7 @@ from runtara_core.config import Settings
 from runtara_core.instance_protocol.handlers import InstanceService
 from runtara_core.instance_protocol.signal_push import ConnectedInstances
 from runtara_core.instance_tokens import InstanceTokens, load_instance_tokens
-from runtara_core.persistence import Persistence, open_persistence
+from runtara_core.persistence import Persistence
 from runtara_core.persistence.base import SignalListener
 from runtara_core.persistence.rules import Clock, wall_clock_ms
 from runtara_core.protocol import INSTANCE_ALPN
@@ -55,7 +55,7 @@ class CoreServer:
         tls = resolve_server_tls(settings)
         if self.persistence is None:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-            self.persistence = await open_persistence(settings.effective_database_url)
+            self.persistence = await settings.open_database()
         try:
             connected = self._connected = ConnectedInstances(self.persistence)
             self._unsubscribe = self.notifier.subscribe(connected.signal_stored)

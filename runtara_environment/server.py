@@ -1,0 +1,146 @@
+"""The environment: management protocol, image registry, supervisor and wake scheduler, and by
+default an embedded core, all over one database (DESIGN section 1).
+
+``start()`` opens the database (migrating it), starts the core, recovers the instances an
+earlier process left behind, then serves; ``stop()`` stops serving and supervising and leaves
+instance processes running, so that the next start adopts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+from runtara_core.config import Settings
+from runtara_core.instance_tokens import InstanceTokens, load_instance_tokens
+from runtara_core.persistence import Persistence
+from runtara_core.persistence.rules import Clock, wall_clock_ms
+from runtara_core.protocol import MANAGEMENT_ALPN
+from runtara_core.server import CoreServer
+from runtara_core.signal_notifier import SignalNotifier
+from runtara_core.transport.certs import DevCertificates
+from runtara_core.transport.quic_server import RpcServer, ServerLimits
+from runtara_core.transport.tls import resolve_server_tls
+from runtara_environment.image_registry import ImageRegistry
+from runtara_environment.management_service import ManagementService
+from runtara_environment.management_tokens import load_tokens
+from runtara_environment.supervisor import CoreEndpoint, Supervisor
+from runtara_environment.wake_scheduler import WakeScheduler
+
+log = logging.getLogger(__name__)
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class EnvironmentServer:
+    def __init__(self, settings: Settings, *, clock: Clock = wall_clock_ms) -> None:
+        self.settings = settings
+        self._clock = clock
+        self.persistence: Persistence | None = None
+        self.core: CoreServer | None = None
+        self.supervisor: Supervisor | None = None
+        self.scheduler: WakeScheduler | None = None
+        self._rpc: RpcServer | None = None
+        self.node_id = settings.node_id or default_node_id()
+
+    async def start(self) -> tuple[str, int]:
+        """Returns the management address bound."""
+        settings = self.settings
+        tls = resolve_server_tls(settings)
+        management_tokens = load_tokens(tokens_file=settings.tokens_file, data_dir=settings.data_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.persistence = await settings.open_database()
+        try:
+            notifier = SignalNotifier()
+            instance_tokens = load_instance_tokens(settings)
+            core_addr = await self._start_core(notifier, instance_tokens)
+            registry = ImageRegistry(
+                self.persistence,
+                settings.data_dir.resolve() / "images",
+                max_bytes=settings.max_image_bytes,
+                max_files=settings.max_image_files,
+            )
+            scheduler = self.scheduler = WakeScheduler(
+                self.persistence,
+                clock=self._clock,
+                lead_ms=settings.wake_lead_ms,
+                sweep_interval_s=settings.wake_sweep_interval_s,
+                on_claimed=lambda _n: supervisor.poke(),
+            )
+            supervisor = self.supervisor = Supervisor(
+                self.persistence,
+                settings,
+                tokens=instance_tokens,
+                registry=registry,
+                core=CoreEndpoint(core_addr, self._client_ca(), settings.tls_insecure),
+                node_id=self.node_id,
+                clock=self._clock,
+                on_relaunch_scheduled=scheduler.note_wake,
+            )
+            await supervisor.start()
+            scheduler.start()
+            service = ManagementService(
+                self.persistence,
+                settings,
+                tokens=management_tokens,
+                registry=registry,
+                supervisor=supervisor,
+                notifier=notifier,
+                clock=self._clock,
+            )
+            self._rpc = RpcServer(
+                alpn=MANAGEMENT_ALPN,
+                routes=service.routes(),
+                tls=tls,
+                limits=ServerLimits.from_settings(settings),
+            )
+            address = settings.env_address
+            bound = await self._rpc.start(address.host, address.port)
+            supervisor.poke()
+            return bound
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start_core(self, notifier: SignalNotifier, tokens: InstanceTokens) -> str:
+        """The address launches dial: the embedded core's, or the configured external one."""
+        if not self.settings.embed_core:
+            return self.settings.core_addr
+        assert self.persistence is not None
+        self.core = CoreServer(
+            self.settings, self.persistence, tokens=tokens, notifier=notifier, clock=self._clock
+        )
+        host, port = await self.core.start()
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _client_ca(self) -> Path | None:
+        settings = self.settings
+        if settings.tls_insecure:
+            return None
+        ca = settings.tls_ca or DevCertificates.in_dir(settings.certs_dir).ca_cert
+        return ca.resolve()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return self._rpc.address if self._rpc else None
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._rpc is not None:
+            await self._rpc.stop(grace_s)
+            self._rpc = None
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+            self.supervisor = None
+        if self.core is not None:
+            await self.core.stop(grace_s)
+            self.core = None
+        if self.persistence is not None:
+            await self.persistence.close()
+            self.persistence = None

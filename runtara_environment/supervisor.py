@@ -1,0 +1,436 @@
+"""The supervisor: launches pending instances into free slots and acts on every exit.
+
+- **Launching.** Pending rows are the queue (start, wake, resume and a woken signal wait all
+  leave an instance pending), read highest priority first whenever something may have changed
+  (``poke``) and every sweep interval, and launched while fewer than
+  ``RUNTARA_MAX_CONCURRENT_INSTANCES`` processes are live.
+- **Exits.** Each process's exit is seen at once (``process_runner``) and judged by
+  ``exit_decisions`` against the row as the launch left it: a crash is suspended as crashed
+  until its backoff ends (the wake scheduler relaunches it, durably), or fails once out of
+  attempts.
+- **Liveness and time.** A sweep kills silent launches (heartbeat timeout) and an execution
+  timer stops launches that ran out of running time.
+- **Restart.** ``recover`` adopts the live launches of an earlier environment process (pid plus
+  start time) and treats dead ones as crashes; nothing is killed blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtara_core.config import Settings
+from runtara_core.errors import InvalidState, NotFound, RuntaraError
+from runtara_core.instance_tokens import InstanceTokens
+from runtara_core.persistence import Persistence
+from runtara_core.persistence.rows import (
+    EventType,
+    InstanceFilter,
+    InstanceOrder,
+    InstanceRow,
+    InstanceStatus,
+    InstanceUpdate,
+    NewEvent,
+    ProcessExit,
+    SignalType,
+    TerminationReason,
+)
+from runtara_core.persistence.rules import Clock
+from runtara_environment.exit_decisions import (
+    KillReason,
+    Verdict,
+    crash_payload,
+    decide_exit,
+)
+from runtara_environment.image_registry import ImageRegistry
+from runtara_environment.process_runner import (
+    InstanceProcess,
+    LaunchSpec,
+    ResourceLimits,
+    adopt,
+    read_tail,
+    spawn,
+)
+
+log = logging.getLogger(__name__)
+
+ACTIVE = {InstanceStatus.PENDING, InstanceStatus.RUNNING}
+
+
+@dataclass(frozen=True, slots=True)
+class CoreEndpoint:
+    """Where launches find the core, and how they check its certificate."""
+
+    addr: str
+    tls_ca: Path | None
+    tls_insecure: bool
+
+
+class Supervisor:
+    def __init__(
+        self,
+        persistence: Persistence,
+        settings: Settings,
+        *,
+        tokens: InstanceTokens,
+        registry: ImageRegistry,
+        core: CoreEndpoint,
+        node_id: str,
+        clock: Clock,
+        on_relaunch_scheduled: Callable[[int], None] = lambda _at: None,
+    ) -> None:
+        self._db = persistence
+        self._settings = settings
+        self._tokens = tokens
+        self._registry = registry
+        self._core = core
+        self.node_id = node_id
+        self._clock = clock
+        self._on_relaunch_scheduled = on_relaunch_scheduled
+        self.live: dict[str, InstanceProcess] = {}
+        self._launching: set[str] = set()
+        self._kills: dict[str, KillReason] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._exit_tasks: set[asyncio.Task[None]] = set()
+        self._poked = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self.launches = 0
+        self.peak_live = 0
+
+    @property
+    def runs_dir(self) -> Path:
+        return self._settings.data_dir.resolve() / "runs"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.recover()
+        self._loops = [
+            asyncio.create_task(self._launch_loop(), name="supervisor-launch"),
+            asyncio.create_task(self._sweep_loop(), name="supervisor-sweep"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop supervising; live instance processes keep running (a restart adopts them)."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in list(self._exit_tasks):
+            task.cancel()
+        await asyncio.gather(*self._exit_tasks, return_exceptions=True)
+        for process in self.live.values():
+            process.close()
+        self.live.clear()
+
+    def poke(self) -> None:
+        """Something may be pending (a start, a wake, a resume, a freed slot): look now."""
+        self._poked.set()
+
+    # ------------------------------------------------------------------ restart recovery
+
+    async def recover(self) -> None:
+        """Adopt the launches an earlier environment process left running; crash the dead."""
+        offset = 0
+        rows: list[InstanceRow] = []
+        while True:
+            page = await self._db.list_instances(
+                InstanceFilter(statuses=frozenset(ACTIVE), order=InstanceOrder.CREATED_ASC, limit=1000, offset=offset)
+            )
+            rows.extend(page.items)
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                break
+        adopted = crashed = 0
+        for row in rows:
+            if row.instance_id in self.live:
+                continue
+            process = None
+            if row.pid is not None and row.pid_create_time is not None:
+                process = adopt(
+                    row.instance_id,
+                    row.attempt,
+                    row.pid,
+                    row.pid_create_time,
+                    run_dir=self.runs_dir / row.instance_id,
+                    stderr_tail_bytes=self._settings.stderr_tail_bytes,
+                )
+            if process is not None:
+                self._supervise(process, row)
+                adopted += 1
+            elif row.status is InstanceStatus.RUNNING:
+                await self._handle_exit(row.instance_id, row.attempt, self._lost_exit(row.instance_id), None)
+                crashed += 1
+            # A pending row without a live process is simply launched again by the launch loop.
+        if adopted or crashed:
+            log.info("restart recovery: adopted %d live instance process(es), %d crashed while we were down", adopted, crashed)
+
+    def _lost_exit(self, instance_id: str) -> ProcessExit:
+        tail = read_tail(self.runs_dir / instance_id / "stderr.log", self._settings.stderr_tail_bytes)
+        return ProcessExit(exit_code=None, stderr_tail=tail)
+
+    # ------------------------------------------------------------------ launching
+
+    async def _launch_loop(self) -> None:
+        interval = self._settings.wake_sweep_interval_s
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    await self._poked.wait()
+            except TimeoutError:
+                pass
+            self._poked.clear()
+            try:
+                await self.launch_pending()
+            except Exception:
+                log.exception("launching pending instances failed; retrying in %gs", interval)
+
+    def free_slots(self) -> int:
+        return self._settings.max_concurrent_instances - len(self.live) - len(self._launching)
+
+    async def launch_pending(self) -> None:
+        while (free := self.free_slots()) > 0:
+            busy = len(self.live) + len(self._launching)
+            page = await self._db.list_instances(
+                InstanceFilter(
+                    statuses=frozenset({InstanceStatus.PENDING}),
+                    order=InstanceOrder.PRIORITY,
+                    limit=min(free + busy, 10_000),
+                )
+            )
+            todo = [r for r in page.items if r.instance_id not in self.live and r.instance_id not in self._launching]
+            if not todo:
+                return
+            for row in todo[:free]:
+                await self._launch(row)
+
+    async def _launch(self, row: InstanceRow) -> None:
+        instance_id = row.instance_id
+        self._launching.add(instance_id)
+        try:
+            try:
+                spec = await self._launch_spec(row)
+                process = spawn(spec, stderr_tail_bytes=self._settings.stderr_tail_bytes)
+            except (OSError, RuntaraError) as error:
+                log.error("could not launch %s (attempt %d): %s", instance_id, row.attempt, error)
+                await self._handle_exit(
+                    instance_id, row.attempt, ProcessExit(exit_code=None, stderr_tail=f"launch failed: {error}"), None
+                )
+                return
+            self.launches += 1
+            self._supervise(process, row)
+            try:
+                await self._db.record_process(instance_id, process.pid, process.create_time)
+                await self._db.append_event(
+                    instance_id,
+                    NewEvent(EventType.LAUNCHED, subtype=f"attempt {row.attempt}", payload=str(process.pid).encode()),
+                )
+            except RuntaraError as error:
+                log.warning("could not record the launch of %s: %s", instance_id, error)
+        finally:
+            self._launching.discard(instance_id)
+
+    async def _launch_spec(self, row: InstanceRow) -> LaunchSpec:
+        if row.image_id is None:
+            raise NotFound(f"the image of instance {row.instance_id!r} was deleted")
+        image = await self._db.get_image(row.image_id)
+        if image is None:
+            raise NotFound(f"image {row.image_id!r} of instance {row.instance_id!r} not found")
+        location = self._registry.location(image)
+        settings = self._settings
+        return LaunchSpec(
+            instance_id=row.instance_id,
+            attempt=row.attempt,
+            token=self._tokens.mint(row.instance_id, row.attempt),
+            server_addr=self._core.addr,
+            tls_ca=self._core.tls_ca,
+            tls_insecure=self._core.tls_insecure,
+            image_path=location.path,
+            image_entrypoint=location.entrypoint,
+            run_dir=self.runs_dir / row.instance_id,
+            env=dict(row.env),
+            heartbeat_interval_s=settings.instance_heartbeat_interval_s
+            or max(0.1, settings.heartbeat_timeout_ms / 3000),
+            limits=ResourceLimits(settings.instance_memory_limit_bytes, settings.instance_cpu_limit_s),
+        )
+
+    def _supervise(self, process: InstanceProcess, row: InstanceRow) -> None:
+        instance_id = process.instance_id
+        self.live[instance_id] = process
+        self.peak_live = max(self.peak_live, len(self.live))
+        if row.timeout_ms is not None:
+            remaining_s = max(0.0, (row.timeout_ms - row.run_time_ms) / 1000)
+            loop = asyncio.get_running_loop()
+            self._timers[instance_id] = loop.call_later(remaining_s, self._timed_out, process)
+        if instance_id in self._kills:  # a stop that came while it was being launched
+            self._terminate(process, self._kills[instance_id], self._settings.stop_grace_s)
+        task = asyncio.create_task(self._await_exit(process), name=f"exit-{instance_id}")
+        self._exit_tasks.add(task)
+        task.add_done_callback(self._exit_tasks.discard)
+
+    async def _await_exit(self, process: InstanceProcess) -> None:
+        exit = await process.exited
+        instance_id = process.instance_id
+        if self.live.get(instance_id) is process:
+            del self.live[instance_id]
+        timer = self._timers.pop(instance_id, None)
+        if timer is not None:
+            timer.cancel()
+        kill = self._kills.pop(instance_id, None)
+        try:
+            await self._db.record_exit_metrics(instance_id, exit)
+            await self._handle_exit(instance_id, process.attempt, exit, kill)
+        except Exception:
+            log.exception("handling the exit of %s (attempt %d) failed", instance_id, process.attempt)
+        finally:
+            self.poke()  # a slot is free
+
+    async def _handle_exit(
+        self, instance_id: str, attempt: int, exit: ProcessExit, kill: KillReason | None
+    ) -> None:
+        row = await self._db.get_instance(instance_id)
+        now = self._clock()
+        decision = decide_exit(
+            row,
+            attempt,
+            exit,
+            kill,
+            now_ms=now,
+            backoff_initial_ms=self._settings.crash_backoff_initial_ms,
+            backoff_max_ms=self._settings.crash_backoff_max_ms,
+        )
+        if decision.verdict is Verdict.NOTHING or row is None:
+            if row is not None and row.status is InstanceStatus.SUSPENDED:
+                await self._cancel_if_asked(row)
+            return
+        payload = crash_payload(attempt, exit, kill)
+        try:
+            if decision.verdict is Verdict.RELAUNCH:
+                assert decision.relaunch_at_ms is not None
+                await self._db.transition(
+                    instance_id,
+                    ACTIVE,
+                    InstanceStatus.SUSPENDED,
+                    reason=decision.reason,
+                    update=InstanceUpdate(attempt=attempt + 1, wake_at_ms=decision.relaunch_at_ms),
+                    event=NewEvent(EventType.CRASHED, subtype=kill.value if kill else "crashed", payload=payload),
+                    attempt=attempt,
+                )
+                log.warning(
+                    "instance %s attempt %d crashed; relaunching in %d ms",
+                    instance_id,
+                    attempt,
+                    decision.relaunch_at_ms - now,
+                )
+                self._on_relaunch_scheduled(decision.relaunch_at_ms)
+            elif decision.verdict is Verdict.FAIL:
+                event_type = EventType.TIMEOUT if kill is KillReason.TIMEOUT else EventType.CRASHED
+                await self._db.transition(
+                    instance_id,
+                    ACTIVE,
+                    InstanceStatus.FAILED,
+                    reason=decision.reason,
+                    update=InstanceUpdate(error=decision.error),
+                    event=NewEvent(event_type, subtype=decision.reason.value if decision.reason else None, payload=payload),
+                    attempt=attempt,
+                )
+                log.warning("instance %s failed: %s", instance_id, decision.error)
+            elif decision.verdict is Verdict.CANCEL:
+                await self._db.transition(
+                    instance_id,
+                    ACTIVE,
+                    InstanceStatus.CANCELLED,
+                    reason=decision.reason,
+                    event=NewEvent(EventType.CANCELLED, subtype="stopped"),
+                    attempt=attempt,
+                )
+        except InvalidState as error:
+            log.info("instance %s moved on before its exit was handled: %s", instance_id, error)
+
+    async def _cancel_if_asked(self, row: InstanceRow) -> None:
+        """A cancel that reached the slot as the launch hibernated or paused: nobody is left
+        to acknowledge it, so it takes effect here."""
+        pending = await self._db.pending_signal(row.instance_id)
+        if pending is None or pending.signal_type is not SignalType.CANCEL:
+            return
+        try:
+            await self._db.transition(
+                row.instance_id,
+                {InstanceStatus.SUSPENDED},
+                InstanceStatus.CANCELLED,
+                reason=TerminationReason.CANCELLED,
+                event=NewEvent(EventType.CANCELLED, subtype="cancelled"),
+            )
+            await self._db.ack_signal(row.instance_id, SignalType.CANCEL)
+        except InvalidState:
+            pass
+
+    # ------------------------------------------------------------------ ending launches
+
+    def stop_launch(self, instance_id: str, grace_s: float, reason: KillReason = KillReason.STOPPED) -> bool:
+        """SIGTERM (the SDK turns it into cancellation), SIGKILL after ``grace_s``.
+
+        True if a launch of ``instance_id`` is live or being launched here (it will be stopped).
+        """
+        process = self.live.get(instance_id)
+        if process is None:
+            if instance_id in self._launching:
+                self._kills[instance_id] = reason
+                return True
+            return False
+        self._terminate(process, reason, grace_s)
+        return True
+
+    def _terminate(self, process: InstanceProcess, reason: KillReason, grace_s: float) -> None:
+        self._kills.setdefault(process.instance_id, reason)
+        process.signal_group(signal.SIGTERM)
+        asyncio.get_running_loop().call_later(grace_s, self._kill_if_alive, process)
+
+    @staticmethod
+    def _kill_if_alive(process: InstanceProcess) -> None:
+        if process.alive:
+            log.warning("instance %s did not stop within its grace period: SIGKILL", process.instance_id)
+            process.signal_group(signal.SIGKILL)
+
+    def _timed_out(self, process: InstanceProcess) -> None:
+        self._timers.pop(process.instance_id, None)
+        if process.alive:
+            log.warning("instance %s ran out of its execution timeout: stopping it", process.instance_id)
+            self._terminate(process, KillReason.TIMEOUT, self._settings.stop_grace_s)
+
+    # ------------------------------------------------------------------ sweeps
+
+    async def _sweep_loop(self) -> None:
+        interval = self._settings.supervisor_sweep_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("supervisor sweep failed; retrying in %gs", interval)
+
+    async def sweep(self) -> None:
+        for process in list(self.live.values()):
+            if process.adopted:
+                process.sample()
+        cutoff = self._clock() - self._settings.heartbeat_timeout_ms
+        for row in await self._db.find_stale_running(cutoff):
+            process = self.live.get(row.instance_id)
+            if process is not None:
+                if row.instance_id not in self._kills:
+                    log.warning("instance %s is silent past the heartbeat timeout: killing it", row.instance_id)
+                    self._kills[row.instance_id] = KillReason.HEARTBEAT_TIMEOUT
+                    process.signal_group(signal.SIGKILL)
+            elif row.instance_id not in self._launching and not self._owned_elsewhere(row):
+                await self._handle_exit(
+                    row.instance_id, row.attempt, self._lost_exit(row.instance_id), KillReason.HEARTBEAT_TIMEOUT
+                )
+
+    def _owned_elsewhere(self, row: InstanceRow) -> bool:
+        """Launched by another environment node sharing the database: its supervisor's business."""
+        return row.node_id is not None and row.node_id != self.node_id
