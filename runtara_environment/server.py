@@ -53,6 +53,8 @@ class EnvironmentServer:
         tls = resolve_server_tls(settings)
         management_tokens = load_tokens(tokens_file=settings.tokens_file, data_dir=settings.data_dir)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.launcher == "fork":
+            log.info("the pre-forked launcher is not available yet: launches are cold spawns")
         self.persistence = await settings.open_database()
         try:
             notifier = SignalNotifier()
