@@ -56,6 +56,8 @@ TERMINAL = frozenset({InstanceStatus.COMPLETED, InstanceStatus.FAILED, InstanceS
 _ORDERS = {
     "created_at": InstanceOrder.CREATED_ASC,
     "-created_at": InstanceOrder.CREATED_DESC,
+    "finished_at": InstanceOrder.FINISHED_ASC,
+    "-finished_at": InstanceOrder.FINISHED_DESC,
 }
 
 
@@ -422,8 +424,6 @@ class ManagementService:
                 image_id = image.image_id
             else:
                 image_name = request.image
-        if request.order not in _ORDERS:
-            raise BadRequest(f"order {request.order!r} is not supported yet; use created_at or -created_at")
         page = await self._db.list_instances(
             InstanceFilter(
                 tenant=tenant,

@@ -100,6 +100,9 @@ class InstanceOrder(StrEnum):
     CREATED_DESC = "created_desc"
     PRIORITY = "priority"
     """Launch order: highest priority first, then oldest first."""
+    FINISHED_ASC = "finished_asc"
+    FINISHED_DESC = "finished_desc"
+    """By finish time; unfinished instances come last either way."""
 
 
 class Unset(Enum):

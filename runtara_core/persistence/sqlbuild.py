@@ -33,6 +33,9 @@ _ORDER_BY: dict[InstanceOrder, str] = {
     InstanceOrder.CREATED_ASC: "created_at_ms ASC, instance_id ASC",
     InstanceOrder.CREATED_DESC: "created_at_ms DESC, instance_id DESC",
     InstanceOrder.PRIORITY: "priority DESC, created_at_ms ASC, instance_id ASC",
+    # "IS NULL" sorts false before true on both backends: unfinished last in either direction.
+    InstanceOrder.FINISHED_ASC: "finished_at_ms IS NULL, finished_at_ms ASC, instance_id ASC",
+    InstanceOrder.FINISHED_DESC: "finished_at_ms IS NULL, finished_at_ms DESC, instance_id DESC",
 }
 
 

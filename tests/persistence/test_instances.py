@@ -199,6 +199,11 @@ async def test_list_filters_orders_and_paginates(
     assert done.finished_at_ms is not None
     assert await ids(finished_from_ms=done.finished_at_ms) == ["b"]
     assert await ids(finished_to_ms=done.finished_at_ms) == []
+    clock.advance(10)
+    await persistence.transition("a", [PENDING], InstanceStatus.CANCELLED)
+    # By finish time, unfinished last in both directions (ties by id).
+    assert await ids(order=InstanceOrder.FINISHED_ASC) == ["b", "a", "c", "d"]
+    assert await ids(order=InstanceOrder.FINISHED_DESC) == ["a", "b", "d", "c"]
 
     page = await persistence.list_instances(
         InstanceFilter(order=InstanceOrder.CREATED_ASC, limit=2, offset=1)
