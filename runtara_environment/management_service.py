@@ -211,6 +211,7 @@ class ManagementService:
     # ------------------------------------------------------------------ auth
 
     async def hello(self, request: m.HelloRequest, session: Session) -> m.HelloResponse:
+        session.state = None  # a failed hello leaves the connection unauthenticated
         principal = self._tokens.verify(request.token)
         session.state = principal
         return m.HelloResponse(tenant=principal.tenant, admin=principal.is_admin)
