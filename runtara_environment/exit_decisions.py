@@ -13,6 +13,7 @@ import enum
 import json
 from dataclasses import dataclass
 
+from runtara_sdk.exit_codes import ExitCode
 from runtara_core.persistence.rows import (
     InstanceRow,
     InstanceStatus,
@@ -72,9 +73,28 @@ def crash_payload(attempt: int, exit: ProcessExit, kill: KillReason | None) -> b
     ).encode()
 
 
+def is_current_launch(row: InstanceRow, launch_attempt: int, launch_id: str | None, exit: ProcessExit) -> bool:
+    """Whether the ended launch is still the one the row is waiting on.
+
+    Not if the instance moved to another attempt, finished, or is hibernating or paused (the
+    launch said so itself). Pending is ambiguous: the launch may have died before registering
+    (a crash), or registered, hibernated cleanly and been woken before its exit was seen (a
+    wake, a resume or a signal can be that quick); its exit code tells them apart. Running on
+    another launch id is a launch that is not this one.
+    """
+    if row.attempt != launch_attempt:
+        return False
+    if row.status is InstanceStatus.PENDING:
+        return exit.exit_code != ExitCode.SUSPENDED
+    if row.status is InstanceStatus.RUNNING:
+        return launch_id is None or row.launch_id is None or row.launch_id == launch_id
+    return False
+
+
 def decide_exit(
     row: InstanceRow | None,
     launch_attempt: int,
+    launch_id: str | None,
     exit: ProcessExit,
     kill: KillReason | None,
     *,
@@ -82,10 +102,8 @@ def decide_exit(
     backoff_initial_ms: int,
     backoff_max_ms: int,
 ) -> ExitDecision:
-    if row is None or row.attempt != launch_attempt:
+    if row is None or not is_current_launch(row, launch_attempt, launch_id, exit):
         return ExitDecision(Verdict.NOTHING)
-    if row.status not in (InstanceStatus.RUNNING, InstanceStatus.PENDING):
-        return ExitDecision(Verdict.NOTHING)  # terminal, hibernating or paused: it said so itself
     if kill is KillReason.STOPPED:
         return ExitDecision(Verdict.CANCEL, TerminationReason.STOPPED)
     if kill is KillReason.TIMEOUT:

@@ -107,8 +107,7 @@ class ImageRegistry:
             )
         image_id = f"img-{uuid.uuid4().hex[:20]}"
         destination = self._dir / image_id
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
+        unpacking = asyncio.get_running_loop().run_in_executor(
             None,
             lambda: unpack_image(
                 data,
@@ -119,6 +118,13 @@ class ImageRegistry:
                 max_files=self._max_files,
             ),
         )
+        try:
+            await asyncio.shield(unpacking)
+        except asyncio.CancelledError:
+            # The request went away mid-unpack: let the thread finish, then remove what it made.
+            await asyncio.gather(unpacking, return_exceptions=True)
+            shutil.rmtree(destination, ignore_errors=True)
+            raise
         try:
             if kind is not ImageKind.PY_FILE and not _entry_module_exists(destination, upload.entrypoint or ""):
                 raise ImageRejected(

@@ -48,6 +48,7 @@ class LaunchSpec:
 
     instance_id: str
     attempt: int
+    launch_id: str
     token: str
     server_addr: str
     tls_ca: Path | None
@@ -69,6 +70,7 @@ def child_environment(spec: LaunchSpec, host_env: Mapping[str, str]) -> dict[str
             "RUNTARA_INSTANCE_ID": spec.instance_id,
             "RUNTARA_INSTANCE_TOKEN": spec.token,
             "RUNTARA_ATTEMPT": str(spec.attempt),
+            "RUNTARA_LAUNCH_ID": spec.launch_id,
             "RUNTARA_SERVER_ADDR": spec.server_addr,
             "RUNTARA_RUN_DIR": str(spec.run_dir),
             "RUNTARA_IMAGE_PATH": str(spec.image_path),
@@ -122,6 +124,7 @@ class InstanceProcess:
         self,
         instance_id: str,
         attempt: int,
+        launch_id: str | None,
         pid: int,
         create_time: float,
         *,
@@ -131,10 +134,13 @@ class InstanceProcess:
     ) -> None:
         self.instance_id = instance_id
         self.attempt = attempt
+        self.launch_id = launch_id
+        """Known for our own launches; for an adopted one, what its row said when adopted."""
         self.pid = pid
         self.create_time = create_time
         self.run_dir = run_dir
-        self.started_monotonic = time.monotonic()
+        # From the process's own start time, so an adopted launch's running time counts in full.
+        self.started_monotonic = time.monotonic() - max(0.0, time.time() - create_time)
         self.exited: asyncio.Future[ProcessExit] = asyncio.get_running_loop().create_future()
         self._popen = popen
         self._tail_bytes = stderr_tail_bytes
@@ -269,6 +275,7 @@ def spawn(spec: LaunchSpec, *, stderr_tail_bytes: int) -> InstanceProcess:
     process = InstanceProcess(
         spec.instance_id,
         spec.attempt,
+        spec.launch_id,
         popen.pid,
         create_time,
         popen=popen,
@@ -280,7 +287,14 @@ def spawn(spec: LaunchSpec, *, stderr_tail_bytes: int) -> InstanceProcess:
 
 
 def adopt(
-    instance_id: str, attempt: int, pid: int, create_time: float, *, run_dir: Path, stderr_tail_bytes: int
+    instance_id: str,
+    attempt: int,
+    launch_id: str | None,
+    pid: int,
+    create_time: float,
+    *,
+    run_dir: Path,
+    stderr_tail_bytes: int,
 ) -> InstanceProcess | None:
     """The still-running launch an earlier environment process started, if ``pid`` is it.
 
@@ -296,6 +310,7 @@ def adopt(
     process = InstanceProcess(
         instance_id,
         attempt,
+        launch_id,
         pid,
         create_time,
         popen=None,

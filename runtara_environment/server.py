@@ -9,7 +9,6 @@ instance processes running, so that the next start adopts them.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from runtara_core.config import Settings
 from runtara_core.instance_tokens import InstanceTokens, load_instance_tokens
 from runtara_core.persistence import Persistence
 from runtara_core.persistence.rules import Clock, wall_clock_ms
+from runtara_core.secret_file import read_or_create_secret
 from runtara_core.protocol import MANAGEMENT_ALPN
 from runtara_core.server import CoreServer
 from runtara_core.signal_notifier import SignalNotifier
@@ -32,8 +32,11 @@ from runtara_environment.wake_scheduler import WakeScheduler
 log = logging.getLogger(__name__)
 
 
-def default_node_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def default_node_id(data_dir: Path) -> str:
+    """Stable across restarts (a restarted environment must recognise its own instances):
+    the host name plus a suffix generated once into the data directory."""
+    suffix = read_or_create_secret(data_dir / "node-id")[:8]
+    return f"{socket.gethostname()}-{suffix}"
 
 
 class EnvironmentServer:
@@ -45,7 +48,7 @@ class EnvironmentServer:
         self.supervisor: Supervisor | None = None
         self.scheduler: WakeScheduler | None = None
         self._rpc: RpcServer | None = None
-        self.node_id = settings.node_id or default_node_id()
+        self.node_id = settings.node_id
 
     async def start(self) -> tuple[str, int]:
         """Returns the management address bound."""
@@ -53,6 +56,7 @@ class EnvironmentServer:
         tls = resolve_server_tls(settings)
         management_tokens = load_tokens(tokens_file=settings.tokens_file, data_dir=settings.data_dir)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.node_id = settings.node_id or default_node_id(settings.data_dir)
         if settings.launcher == "fork":
             log.info("the pre-forked launcher is not available yet: launches are cold spawns")
         self.persistence = await settings.open_database()

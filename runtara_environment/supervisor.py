@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +95,12 @@ class Supervisor:
         self._on_relaunch_scheduled = on_relaunch_scheduled
         self.live: dict[str, InstanceProcess] = {}
         self._launching: set[str] = set()
+        self._settling: set[str] = set()
+        """Instances whose launch just ended and whose exit is being handled."""
         self._kills: dict[str, KillReason] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        """Per live launch: its execution timeout, and its SIGKILL after a stop's grace."""
+        self._kill_timers: dict[str, asyncio.TimerHandle] = {}
         self._exit_tasks: set[asyncio.Task[None]] = set()
         self._poked = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -140,7 +146,13 @@ class Supervisor:
         rows: list[InstanceRow] = []
         while True:
             page = await self._db.list_instances(
-                InstanceFilter(statuses=frozenset(ACTIVE), order=InstanceOrder.CREATED_ASC, limit=1000, offset=offset)
+                InstanceFilter(
+                    statuses=frozenset(ACTIVE),
+                    node_id=self.node_id,
+                    order=InstanceOrder.CREATED_ASC,
+                    limit=1000,
+                    offset=offset,
+                )
             )
             rows.extend(page.items)
             offset += len(page.items)
@@ -155,16 +167,20 @@ class Supervisor:
                 process = adopt(
                     row.instance_id,
                     row.attempt,
+                    row.launch_id if row.status is InstanceStatus.RUNNING else None,
                     row.pid,
                     row.pid_create_time,
                     run_dir=self.runs_dir / row.instance_id,
                     stderr_tail_bytes=self._settings.stderr_tail_bytes,
                 )
             if process is not None:
+                if row.status is InstanceStatus.RUNNING:
+                    # Its core went away with us: give it a full heartbeat timeout to reconnect.
+                    await self._db.touch_heartbeat(row.instance_id)
                 self._supervise(process, row)
                 adopted += 1
             elif row.status is InstanceStatus.RUNNING:
-                await self._handle_exit(row.instance_id, row.attempt, self._lost_exit(row.instance_id), None)
+                await self._handle_exit(row.instance_id, row.attempt, None, self._lost_exit(row.instance_id), None)
                 crashed += 1
             # A pending row without a live process is simply launched again by the launch loop.
         if adopted or crashed:
@@ -195,15 +211,17 @@ class Supervisor:
 
     async def launch_pending(self) -> None:
         while (free := self.free_slots()) > 0:
-            busy = len(self.live) + len(self._launching)
+            busy = len(self.live) + len(self._launching) + len(self._settling)
             page = await self._db.list_instances(
                 InstanceFilter(
                     statuses=frozenset({InstanceStatus.PENDING}),
+                    node_id=self.node_id,
                     order=InstanceOrder.PRIORITY,
                     limit=min(free + busy, 10_000),
                 )
             )
-            todo = [r for r in page.items if r.instance_id not in self.live and r.instance_id not in self._launching]
+            busy_ids = self.live.keys() | self._launching | self._settling
+            todo = [r for r in page.items if r.instance_id not in busy_ids]
             if not todo:
                 return
             for row in todo[:free]:
@@ -218,9 +236,9 @@ class Supervisor:
                 process = spawn(spec, stderr_tail_bytes=self._settings.stderr_tail_bytes)
             except (OSError, RuntaraError) as error:
                 log.error("could not launch %s (attempt %d): %s", instance_id, row.attempt, error)
-                await self._handle_exit(
-                    instance_id, row.attempt, ProcessExit(exit_code=None, stderr_tail=f"launch failed: {error}"), None
-                )
+                kill = self._kills.pop(instance_id, None)
+                failed = ProcessExit(exit_code=None, stderr_tail=f"launch failed: {error}")
+                await self._handle_exit(instance_id, row.attempt, None, failed, kill)
                 return
             self.launches += 1
             self._supervise(process, row)
@@ -246,6 +264,7 @@ class Supervisor:
         return LaunchSpec(
             instance_id=row.instance_id,
             attempt=row.attempt,
+            launch_id=secrets.token_hex(12),
             token=self._tokens.mint(row.instance_id, row.attempt),
             server_addr=self._core.addr,
             tls_ca=self._core.tls_ca,
@@ -264,7 +283,9 @@ class Supervisor:
         self.live[instance_id] = process
         self.peak_live = max(self.peak_live, len(self.live))
         if row.timeout_ms is not None:
-            remaining_s = max(0.0, (row.timeout_ms - row.run_time_ms) / 1000)
+            # Running time of earlier launches, plus this one's so far (adopted: since its start).
+            running_s = time.monotonic() - process.started_monotonic
+            remaining_s = max(0.0, (row.timeout_ms - row.run_time_ms) / 1000 - running_s)
             loop = asyncio.get_running_loop()
             self._timers[instance_id] = loop.call_later(remaining_s, self._timed_out, process)
         if instance_id in self._kills:  # a stop that came while it was being launched
@@ -278,26 +299,46 @@ class Supervisor:
         instance_id = process.instance_id
         if self.live.get(instance_id) is process:
             del self.live[instance_id]
-        timer = self._timers.pop(instance_id, None)
-        if timer is not None:
-            timer.cancel()
+        for timers in (self._timers, self._kill_timers):
+            timer = timers.pop(instance_id, None)
+            if timer is not None:
+                timer.cancel()
         kill = self._kills.pop(instance_id, None)
+        self._settling.add(instance_id)  # not relaunched before its exit is judged
         try:
-            await self._db.record_exit_metrics(instance_id, exit)
-            await self._handle_exit(instance_id, process.attempt, exit, kill)
-        except Exception:
-            log.exception("handling the exit of %s (attempt %d) failed", instance_id, process.attempt)
+            await self._retrying(
+                f"recording the exit of {instance_id}", lambda: self._db.record_exit_metrics(instance_id, exit)
+            )
+            await self._retrying(
+                f"handling the exit of {instance_id}",
+                lambda: self._handle_exit(instance_id, process.attempt, process.launch_id, exit, kill),
+            )
         finally:
+            self._settling.discard(instance_id)
             self.poke()  # a slot is free
 
+    @staticmethod
+    async def _retrying(what: str, action: Callable[[], Awaitable[object]]) -> None:
+        """Until it succeeds (a database blip must not strand an instance), with backoff."""
+        delay = 0.2
+        while True:
+            try:
+                await action()
+                return
+            except Exception:
+                log.exception("%s failed; retrying in %.1fs", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
     async def _handle_exit(
-        self, instance_id: str, attempt: int, exit: ProcessExit, kill: KillReason | None
+        self, instance_id: str, attempt: int, launch_id: str | None, exit: ProcessExit, kill: KillReason | None
     ) -> None:
         row = await self._db.get_instance(instance_id)
         now = self._clock()
         decision = decide_exit(
             row,
             attempt,
+            launch_id,
             exit,
             kill,
             now_ms=now,
@@ -389,7 +430,10 @@ class Supervisor:
     def _terminate(self, process: InstanceProcess, reason: KillReason, grace_s: float) -> None:
         self._kills.setdefault(process.instance_id, reason)
         process.signal_group(signal.SIGTERM)
-        asyncio.get_running_loop().call_later(grace_s, self._kill_if_alive, process)
+        if process.instance_id not in self._kill_timers:
+            self._kill_timers[process.instance_id] = asyncio.get_running_loop().call_later(
+                grace_s, self._kill_if_alive, process
+            )
 
     @staticmethod
     def _kill_if_alive(process: InstanceProcess) -> None:
@@ -418,6 +462,7 @@ class Supervisor:
         for process in list(self.live.values()):
             if process.adopted:
                 process.sample()
+        await self._kill_unregistered()
         cutoff = self._clock() - self._settings.heartbeat_timeout_ms
         for row in await self._db.find_stale_running(cutoff):
             process = self.live.get(row.instance_id)
@@ -428,8 +473,30 @@ class Supervisor:
                     process.signal_group(signal.SIGKILL)
             elif row.instance_id not in self._launching and not self._owned_elsewhere(row):
                 await self._handle_exit(
-                    row.instance_id, row.attempt, self._lost_exit(row.instance_id), KillReason.HEARTBEAT_TIMEOUT
+                    row.instance_id, row.attempt, None, self._lost_exit(row.instance_id), KillReason.HEARTBEAT_TIMEOUT
                 )
+
+    async def _kill_unregistered(self) -> None:
+        """A launch that has not registered within the heartbeat timeout (an image whose import
+        hangs, say) would hold its slot forever: it is killed and handled as a crash."""
+        deadline_s = self._settings.heartbeat_timeout_ms / 1000
+        now = time.monotonic()
+        overdue = {
+            process.instance_id: process
+            for process in self.live.values()
+            if now - process.started_monotonic > deadline_s and process.instance_id not in self._kills
+        }
+        if not overdue:
+            return
+        page = await self._db.list_instances(
+            InstanceFilter(statuses=frozenset({InstanceStatus.PENDING}), node_id=self.node_id, limit=10_000)
+        )
+        for row in page.items:
+            process = overdue.get(row.instance_id)
+            if process is not None and row.attempt == process.attempt:
+                log.warning("instance %s did not register within %gs of its launch: killing it", row.instance_id, deadline_s)
+                self._kills[row.instance_id] = KillReason.HEARTBEAT_TIMEOUT
+                process.signal_group(signal.SIGKILL)
 
     def _owned_elsewhere(self, row: InstanceRow) -> bool:
         """Launched by another environment node sharing the database: its supervisor's business."""

@@ -42,6 +42,8 @@ class WakeScheduler:
         self._sweep_s = sweep_interval_s
         self._on_claimed = on_claimed
         self._nearest: int | None = None
+        self._noted: int | None = None
+        """Wake times noted since the last database read began (that read may predate them)."""
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.claimed = 0
@@ -57,9 +59,15 @@ class WakeScheduler:
 
     def note_wake(self, wake_at_ms: int) -> None:
         """A wake time was just written here: wake earlier if it is the nearest."""
+        self._noted = _earliest(self._noted, wake_at_ms)
         if self._nearest is None or wake_at_ms < self._nearest:
             self._nearest = wake_at_ms
             self._changed.set()
+
+    async def _read_nearest(self) -> None:
+        noted, self._noted = self._noted, None
+        from_db = await self._db.next_wake_at()
+        self._nearest = _earliest(_earliest(from_db, noted), self._noted)
 
     async def _run(self) -> None:
         next_sweep = 0.0
@@ -68,7 +76,7 @@ class WakeScheduler:
             try:
                 if loop.time() >= next_sweep:
                     await self._sweep_signal_waiters()
-                    self._nearest = await self._db.next_wake_at()
+                    await self._read_nearest()
                     next_sweep = loop.time() + self._sweep_s
                 await self._claim_due()
             except Exception:
@@ -78,13 +86,13 @@ class WakeScheduler:
             wait_s = next_sweep - loop.time()
             if self._nearest is not None:
                 wait_s = min(wait_s, (self._nearest - self._lead_ms - self._clock()) / 1000)
-            self._changed.clear()
             if wait_s > 0:
                 try:
                     async with asyncio.timeout(wait_s):
                         await self._changed.wait()
                 except TimeoutError:
                     pass
+            self._changed.clear()  # before the next reads: a note during them wakes us again
 
     async def _claim_due(self) -> None:
         if self._nearest is None or self._nearest - self._lead_ms > self._clock():
@@ -97,10 +105,14 @@ class WakeScheduler:
                 self._on_claimed(len(claimed))
             if len(claimed) < CLAIM_BATCH:
                 break
-        self._nearest = await self._db.next_wake_at()
+        await self._read_nearest()
 
     async def _sweep_signal_waiters(self) -> None:
         claimed = await self._db.claim_signal_waiters(None, CLAIM_BATCH)
         if claimed:
             self.claimed += len(claimed)
             self._on_claimed(len(claimed))
+
+
+def _earliest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)

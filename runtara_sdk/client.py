@@ -95,7 +95,7 @@ class InstanceClient:
         self.instance_id = settings.instance_id
         self.attempt = settings.attempt
         self._on_push = on_push
-        self.launch_id = secrets.token_hex(12)
+        self.launch_id = settings.launch_id or secrets.token_hex(12)
         """This process, to core: only the launch that started the instance may re-register."""
         self.registration: RegisterResponse | None = None
         self.ended: str | None = None

@@ -23,6 +23,8 @@ class InstanceSettings(BaseSettings):
     tls_ca: Path | None = None
     tls_insecure: bool = False
     run_dir: Path | None = None
+    launch_id: str | None = Field(default=None, min_length=8, max_length=64)
+    """Names this process to the core and the environment; random when not given."""
 
     image_path: Path | None = None
     """A workflow ``.py`` file, or a directory with ``image_entrypoint`` naming module:function."""

@@ -474,6 +474,8 @@ class InstanceFilter:
     statuses: frozenset[InstanceStatus] = frozenset()
     image_id: str | None = None
     image_name: str | None = None
+    node_id: str | None = None
+    """Only the instances this environment node owns (launches and supervises)."""
     created_from_ms: int | None = None
     created_to_ms: int | None = None
     finished_from_ms: int | None = None

@@ -96,6 +96,8 @@ def instance_filter_clause(f: InstanceFilter, params: Params) -> str:
         conditions.append(f"image_id = {params(f.image_id)}")
     if f.image_name is not None:
         conditions.append(f"image_name = {params(f.image_name)}")
+    if f.node_id is not None:
+        conditions.append(f"node_id = {params(f.node_id)}")
     if f.created_from_ms is not None:
         conditions.append(f"created_at_ms >= {params(f.created_from_ms)}")
     if f.created_to_ms is not None:

@@ -414,7 +414,7 @@ async def test_an_instance_sees_no_server_secret(make_environment: MakeEnvironme
     assert {k for k in env if k.startswith("RUNTARA_")} <= {
         "RUNTARA_INSTANCE_ID", "RUNTARA_INSTANCE_TOKEN", "RUNTARA_ATTEMPT", "RUNTARA_SERVER_ADDR",
         "RUNTARA_RUN_DIR", "RUNTARA_IMAGE_PATH", "RUNTARA_IMAGE_ENTRYPOINT", "RUNTARA_TLS_CA",
-        "RUNTARA_TLS_INSECURE", "RUNTARA_HEARTBEAT_INTERVAL_S",
+        "RUNTARA_TLS_INSECURE", "RUNTARA_HEARTBEAT_INTERVAL_S", "RUNTARA_LAUNCH_ID",
     }, sorted(env)
 
     assert env["RUNTARA_INSTANCE_ID"] == iid

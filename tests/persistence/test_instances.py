@@ -173,9 +173,9 @@ async def test_list_filters_orders_and_paginates(
 ) -> None:
     other_tenant = await persistence.create_image(new_image("img-g", tenant="globex"))
     second_name = await persistence.create_image(new_image("img-b", name="billing"))
-    a = await make_instance("a", priority=1)
+    a = await make_instance("a", priority=1, node_id="node-1")
     clock.advance(10)
-    b = await make_instance("b", status=RUNNING, priority=5)
+    b = await make_instance("b", status=RUNNING, priority=5, node_id="node-2")
     clock.advance(10)
     c = await make_instance("c", image_id=second_name.image_id, priority=5)
     clock.advance(10)
@@ -195,6 +195,7 @@ async def test_list_filters_orders_and_paginates(
     assert await ids(statuses=frozenset({InstanceStatus.COMPLETED, RUNNING})) == ["b"]
     assert await ids(image_id=second_name.image_id) == ["c"]
     assert await ids(image_name="orders", tenant="acme") == ["b", "a"]
+    assert await ids(node_id="node-1") == ["a"]
     assert await ids(created_from_ms=b.created_at_ms, created_to_ms=d.created_at_ms) == ["c", "b"]
     assert done.finished_at_ms is not None
     assert await ids(finished_from_ms=done.finished_at_ms) == ["b"]
