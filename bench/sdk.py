@@ -75,11 +75,9 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -103,6 +101,7 @@ from bench.checkpoint import (
     open_instance,
     postgres_problem,
 )
+from bench.cold_start import measure_cold_start
 from bench.dbos_baseline import DbosBenchError, DbosResult, DbosUnavailable, percentile, run_dbos
 from bench.persistence import DEFAULT_PG_URL
 from bench.transport import Child, bench_subprocess, cpu_seconds, machine_cpu_seconds, profile_report
@@ -125,7 +124,6 @@ IMAGE_ID = "bench-sdk-steps"
 LAUNCH_TIMEOUT_S = 60.0
 FLOOR_LIMIT_S = 20.0
 FLOOR_MAX_RPCS = 1000
-IMPORT_TIMEOUT_S = 30.0
 PROFILE_WRITE_TIMEOUT_S = 10.0
 GOAL_RATIO = 1 / 3
 KILLED = -signal.SIGKILL
@@ -625,35 +623,16 @@ class ImportTimes:
     by_package_s: list[tuple[str, float]]
 
 
-IMPORTTIME_LINE = re.compile(r"import time:\s*(\d+)\s*\|\s*(\d+)\s*\|(\s*)(\S+)")
-
-
 def measure_imports(runs: int) -> ImportTimes:
     """Median wall time of ``python -c pass`` and of importing the launcher's modules, and the
     self time ``-X importtime`` reports, summed by top-level package (one run)."""
-    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-
-    def wall(code: str) -> float:
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], env=clean, cwd=tempfile.gettempdir(), check=True,
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=IMPORT_TIMEOUT_S)  # fmt: skip
-            times.append(time.perf_counter() - started)
-        return float(statistics.median(times))
-
-    bare, sdk = wall("pass"), wall("import runtara_sdk.runner")
-    traced = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import runtara_sdk.runner"], env=clean,
-        cwd=tempfile.gettempdir(), check=True, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=IMPORT_TIMEOUT_S,
-    )  # fmt: skip
+    cold = measure_cold_start(runs)
     by_package: dict[str, float] = {}
-    for match in IMPORTTIME_LINE.finditer(traced.stderr):
-        package = match.group(4).split(".")[0]
-        by_package[package] = by_package.get(package, 0.0) + int(match.group(1)) / 1e6
+    for module in cold.modules:
+        package = module.name.split(".")[0]
+        by_package[package] = by_package.get(package, 0.0) + module.self_s
     ranked = sorted(by_package.items(), key=lambda item: -item[1])
-    return ImportTimes(bare, sdk, ranked)
+    return ImportTimes(cold.bare_s, cold.sdk_s, ranked)
 
 
 # --- reporting --------------------------------------------------------------------------------------

@@ -475,7 +475,8 @@ class InstanceFilter:
     image_id: str | None = None
     image_name: str | None = None
     node_id: str | None = None
-    """Only the instances this environment node owns (launches and supervises)."""
+    """Only the instances this environment node owns (launches and supervises), and those no
+    node owns (started by other tools): a node takes care of those too."""
     created_from_ms: int | None = None
     created_to_ms: int | None = None
     finished_from_ms: int | None = None

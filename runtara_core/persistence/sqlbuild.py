@@ -97,7 +97,7 @@ def instance_filter_clause(f: InstanceFilter, params: Params) -> str:
     if f.image_name is not None:
         conditions.append(f"image_name = {params(f.image_name)}")
     if f.node_id is not None:
-        conditions.append(f"node_id = {params(f.node_id)}")
+        conditions.append(f"(node_id = {params(f.node_id)} OR node_id IS NULL)")
     if f.created_from_ms is not None:
         conditions.append(f"created_at_ms >= {params(f.created_from_ms)}")
     if f.created_to_ms is not None:

@@ -9,139 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from runtara_core.config import Settings
 from runtara_core.persistence import Persistence, open_persistence
-from runtara_core.transport.certs import DevCertificates
-from runtara_core.transport.tls import ClientTls
-from runtara_environment.client import ManagementClient
-from runtara_environment.management_tokens import admin_token_path
+from runtara_environment.local_environment import LocalEnvironment, free_udp_port
 from tests.conftest import drop_schema, postgres_test_url
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "images"
 TEST_IMAGES = Path(__file__).resolve().parent / "images"
-START_TIMEOUT_S = 30.0
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class EnvironmentProcess:
-    """One environment (with its embedded core) run as a real process; restartable."""
-
-    workdir: Path
-    database_url: str
-    schema: str | None
-    settings: dict[str, str]
-    mgmt_port: int = field(default_factory=free_udp_port)
-    core_port: int = field(default_factory=free_udp_port)
-    process: asyncio.subprocess.Process | None = None
-    starts: int = 0
-    extra_env: dict[str, str] = field(default_factory=dict)
-    """Variables outside the RUNTARA_* settings the server process also gets (e.g. a canary
-    secret a test checks never reaches an instance)."""
-
-    @property
-    def data_dir(self) -> Path:
-        return self.workdir / "data"
-
-    @property
-    def certs_dir(self) -> Path:
-        return self.workdir / "certs"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"environment-{self.starts}.log"
-
-    @property
-    def ca(self) -> Path:
-        return DevCertificates.in_dir(self.certs_dir).ca_cert
-
-    @property
-    def admin_token(self) -> str:
-        return admin_token_path(self.data_dir).read_text().strip()
-
-    def env(self) -> dict[str, str]:
-        """The variables a server or a CLI of this environment runs with."""
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "RUNTARA_DATA_DIR": str(self.data_dir),
-            "RUNTARA_CERTS_DIR": str(self.certs_dir),
-            "RUNTARA_DATABASE_URL": self.database_url,
-            "RUNTARA_ENV_ADDR": f"127.0.0.1:{self.mgmt_port}",
-            "RUNTARA_CORE_ADDR": f"127.0.0.1:{self.core_port}",
-            "RUNTARA_LOG_LEVEL": "INFO",
-            **({"RUNTARA_DATABASE_SCHEMA": self.schema} if self.schema else {}),
-            **self.settings,
-            **self.extra_env,
-        }
-        return env
-
-    async def start(self) -> None:
-        assert self.process is None or self.process.returncode is not None
-        self.starts += 1
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "runtara_environment",
-                env=self.env(), cwd=self.workdir,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            )
-        deadline = asyncio.get_running_loop().time() + START_TIMEOUT_S
-        while asyncio.get_running_loop().time() < deadline:
-            if "environment ready" in self.log():
-                return
-            if self.process.returncode is not None:
-                break
-            await asyncio.sleep(0.05)
-        self.kill()
-        raise AssertionError(f"environment did not start; its log:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGKILL)
-
-    async def stop(self) -> None:
-        """Graceful: SIGTERM and wait (bounded)."""
-        if self.process is None or self.process.returncode is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), 20)
-        except TimeoutError:
-            self.kill()
-            await self.process.wait()
-
-    async def crash(self) -> None:
-        """SIGKILL the environment (its instance processes live on, in their own sessions)."""
-        self.kill()
-        if self.process is not None:
-            await self.process.wait()
-
-    def client(self, token: str | None = None) -> ManagementClient:
-        return ManagementClient(
-            "127.0.0.1", self.mgmt_port, token=token or self.admin_token, tls=ClientTls(self.ca)
-        )
+class EnvironmentProcess(LocalEnvironment):
+    """One environment (with its embedded core) run as a real process; restartable. Adds what
+    tests need: the CLI against it, and the database behind its back."""
 
     async def ctl(self, *args: str, timeout_s: float = 60.0, extra_env: dict[str, str] | None = None) -> tuple[int, str, str]:
         """Run ``runtara-ctl`` against this environment: (exit code, stdout, stderr)."""
@@ -167,25 +55,6 @@ class EnvironmentProcess:
     async def open_database(self) -> Persistence:
         """A second connection to the environment's database, for checks behind its back."""
         return await open_persistence(self.database_url, schema=self.schema)
-
-    def instance_processes(self) -> list[psutil.Process]:
-        """Live instance processes launched by this environment (their run dir is in ours)."""
-        runs = str(self.data_dir.resolve() / "runs")
-        found = []
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if proc.environ().get("RUNTARA_RUN_DIR", "").startswith(runs) and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-            except psutil.Error:
-                continue
-        return found
-
-    def kill_instances(self) -> None:
-        for proc in self.instance_processes():
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 MakeEnvironment = Callable[..., Awaitable[EnvironmentProcess]]
@@ -231,8 +100,6 @@ async def make_environment(env_backend: str, tmp_path: Path) -> AsyncIterator[Ma
     finally:
         for env in made:
             env.kill()
-            if env.process is not None:
-                await env.process.wait()
             env.kill_instances()
         for schema in schemas:
             assert pg_url is not None
@@ -254,4 +121,4 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], *, timeout_s: flo
     raise AssertionError(f"{what} not reached within {timeout_s}s")
 
 
-__all__ = ["EnvironmentProcess", "IMAGES", "TEST_IMAGES", "Settings", "wait_until"]
+__all__ = ["EnvironmentProcess", "IMAGES", "TEST_IMAGES", "Settings", "free_udp_port", "wait_until"]

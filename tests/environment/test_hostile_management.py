@@ -89,7 +89,7 @@ def assert_actionable(error: RuntaraError) -> None:
 
 
 def assert_still_healthy(environment: EnvironmentProcess) -> None:
-    assert environment.process is not None and environment.process.returncode is None, "environment died"
+    assert environment.alive, "environment died"
     assert "Traceback" not in environment.log(), environment.log()[-4000:]
 
 
