@@ -195,7 +195,7 @@ async def test_list_filters_orders_and_paginates(
     assert await ids(statuses=frozenset({InstanceStatus.COMPLETED, RUNNING})) == ["b"]
     assert await ids(image_id=second_name.image_id) == ["c"]
     assert await ids(image_name="orders", tenant="acme") == ["b", "a"]
-    assert await ids(node_id="node-1") == ["a"]
+    assert await ids(node_id="node-1") == ["d", "c", "a"]  # its own, and nobody's
     assert await ids(created_from_ms=b.created_at_ms, created_to_ms=d.created_at_ms) == ["c", "b"]
     assert done.finished_at_ms is not None
     assert await ids(finished_from_ms=done.finished_at_ms) == ["b"]
