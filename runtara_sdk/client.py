@@ -121,10 +121,18 @@ class InstanceClient:
     async def connect(self) -> RegisterResponse:
         """Connect and register. Raises ``LaunchEnded`` if core refuses this launch, or a
         ``TransportError`` naming why core cannot be reached."""
-        try:
-            await self._rpc.connect()
-        except RuntaraError as error:
-            raise LaunchEnded(f"core refused to register this launch: {error.message}") from None
+        deadline = time.monotonic() + self.settings.core_unreachable_exit_s
+        while True:
+            try:
+                await self._rpc.connect()
+                break
+            except InternalError as error:  # core failed, it did not refuse: register again
+                if time.monotonic() >= deadline:
+                    raise LaunchEnded(f"core kept failing to register this launch: {error.message}") from None
+                log.info("register failed (%s); sending it again", error.message)
+                await asyncio.sleep(RETRY_PAUSE_S)
+            except RuntaraError as error:
+                raise LaunchEnded(f"core refused to register this launch: {error.message}") from None
         assert self.registration is not None
         return self.registration
 

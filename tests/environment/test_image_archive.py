@@ -499,7 +499,9 @@ def test_archive_without_files(images: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"PK\x03\x04garbage", gzip.compress(b"not a tar at all" * 10), b"\x1f\x8bjunk"]
+    "data",
+    [b"PK\x03\x04garbage", gzip.compress(b"not a tar at all" * 10, mtime=0), b"\x1f\x8bjunk"],
+    ids=["zip-garbage", "gzip-not-tar", "gzip-junk"],
 )
 def test_corrupt_archives(images: Path, data: bytes) -> None:
     assert_rejected(images, data, "corrupt|not a valid gzip|no files")

@@ -52,10 +52,13 @@ async def test_a_transient_internal_error_on_the_pause_ack_does_not_strand_the_i
 
 async def test_the_heartbeat_survives_an_internal_error(instances: Instances) -> None:
     iid = await instances.create({"items": 1, "item_delay_s": 4})  # one long step body
-    armed = time.monotonic() + 1.0
-    fail_once(instances.core.persistence, "pending_signal", lambda *a, **k: time.monotonic() > armed)
     launch = await instances.launch(iid, "batch.py", env={"RUNTARA_HEARTBEAT_INTERVAL_S": "0.3"})
-    await asyncio.sleep(1.5)
+    deadline = time.monotonic() + 30
+    while (await instances.row(iid)).status is not InstanceStatus.RUNNING and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    # Registered (however long start-up took on a busy machine): the next heartbeat poll fails.
+    fail_once(instances.core.persistence, "pending_signal")
+    await asyncio.sleep(1.0)
     before = (await instances.row(iid)).heartbeat_at_ms
     await asyncio.sleep(1.5)
     after = (await instances.row(iid)).heartbeat_at_ms
@@ -130,3 +133,10 @@ async def test_a_late_hibernation_answer_then_a_wake_runs_the_next_step_once(ins
     await second.wait(30)
     await first.wait(30)
     assert Counter(line["step_id"] for line in read_ledger(ledger)) == {"2:step:effect": 1}
+
+
+async def test_a_transient_internal_error_on_register_is_retried(instances: Instances) -> None:
+    iid = await instances.create({"items": 2})
+    fail_once(instances.core.persistence, "replay_history")  # inside register, after it started
+    assert await instances.run(iid, "batch.py") == ExitCode.COMPLETED
+    assert (await instances.row(iid)).attempt == 1
