@@ -7,8 +7,10 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from runtara_core.config import load_settings
+from runtara_core.config import Settings, load_settings
 from runtara_core.errors import ConfigError
 from runtara_core.server import CoreServer
 
@@ -22,14 +24,38 @@ def configure_logging(level: str) -> None:
     logging.getLogger("quic").setLevel(logging.WARNING)
 
 
-async def serve(server: CoreServer) -> None:
+async def wait_for_stop_signal() -> None:
+    """Until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    host, port = await server.start()
-    log.info("core ready on %s:%d, database %s", host, port, server.settings.effective_database_url.split("@")[-1])
     await stop.wait()
+
+
+def run_server(prog: str, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> int:
+    """Load the settings, set up logging and run ``serve``; what stops a server from starting
+    (a bad setting, a port in use) is one line on stderr and an exit code, not a traceback."""
+    try:
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        asyncio.run(serve(settings))
+    except ConfigError as error:
+        sys.stderr.write(f"{prog}: {error}\n")
+        return 2
+    except OSError as error:
+        sys.stderr.write(f"{prog}: cannot start: {error}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def serve(settings: Settings) -> None:
+    server = CoreServer(settings)
+    host, port = await server.start()
+    log.info("core ready on %s:%d, database %s", host, port, settings.effective_database_url.split("@")[-1])
+    await wait_for_stop_signal()
     log.info("shutting down")
     await server.stop()
 
@@ -41,14 +67,4 @@ def main(argv: list[str] | None = None) -> int:
         "Configured through RUNTARA_* environment variables; see README.md.",
     )
     parser.parse_args(argv)
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
-        asyncio.run(serve(CoreServer(settings)))
-    except ConfigError as error:
-        sys.stderr.write(f"runtara-core: {error}\n")
-        return 2
-    except OSError as error:
-        sys.stderr.write(f"runtara-core: cannot start: {error}\n")
-        return 1
-    return 0
+    return run_server("runtara-core", serve)

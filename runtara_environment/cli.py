@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
-import sys
 
-from runtara_core.cli import configure_logging
-from runtara_core.config import load_settings
-from runtara_core.errors import ConfigError
+from runtara_core.cli import run_server, wait_for_stop_signal
+from runtara_core.config import Settings
 from runtara_environment.management_tokens import admin_token_path
 from runtara_environment.server import EnvironmentServer
 
 log = logging.getLogger("runtara_environment")
 
 
-async def serve(server: EnvironmentServer) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+async def serve(settings: Settings) -> None:
+    server = EnvironmentServer(settings)
     host, port = await server.start()
-    settings = server.settings
     core = server.core.address if server.core else None
     log.info(
         "environment ready: management on %s:%d, core on %s, database %s, node %s",
@@ -35,7 +27,7 @@ async def serve(server: EnvironmentServer) -> None:
     )
     if settings.tokens_file is None:
         log.info("admin token: %s (runtara-ctl finds it there)", admin_token_path(settings.data_dir))
-    await stop.wait()
+    await wait_for_stop_signal()
     log.info("shutting down; instance processes keep running and are adopted on the next start")
     await server.stop()
 
@@ -48,16 +40,4 @@ def main(argv: list[str] | None = None) -> int:
         "environment variables; see README.md.",
     )
     parser.parse_args(argv)
-    try:
-        settings = load_settings()
-        configure_logging(settings.log_level)
-        asyncio.run(serve(EnvironmentServer(settings)))
-    except ConfigError as error:
-        sys.stderr.write(f"runtara-environment: {error}\n")
-        return 2
-    except OSError as error:
-        sys.stderr.write(f"runtara-environment: cannot start: {error}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_server("runtara-environment", serve)
