@@ -271,6 +271,10 @@ class Persistence(ABC):
         cursor over several instances (that watch needs its own scheme; not built yet).
         """
 
+    @abstractmethod
+    async def count_events(self, instance_id: str, *, after_id: int = 0) -> int:
+        """How many events of the instance have an id > after_id (a page's total)."""
+
     # ------------------------------------------------------------------ instance-wide signals
 
     @abstractmethod

@@ -79,6 +79,7 @@ from runtara_core.persistence.rows import (
 from runtara_core.persistence.rules import Clock, wall_clock_ms
 from runtara_core.persistence.sqlbuild import (
     NEXT_WAKE_AT,
+    count_events_statement,
     Params,
     claim_due_statement,
     claim_signal_waiters_statement,
@@ -557,6 +558,11 @@ class PostgresPersistence(Persistence):
             limit,
         )
         return [event_from_record(r) for r in rows]
+
+    async def count_events(self, instance_id: str, *, after_id: int = 0) -> int:
+        params = Params(postgres=True)
+        sql = count_events_statement(params, instance_id, after_id)
+        return int(await self._pool.fetchval(sql, *params.values))
 
     # ------------------------------------------------------------------ instance-wide signals
 

@@ -176,6 +176,10 @@ def claim_signal_waiters_statement(
     )
 
 
+def count_events_statement(params: Params, instance_id: str, after_id: int) -> str:
+    return f"SELECT COUNT(*) FROM events WHERE instance_id = {params(instance_id)} AND id > {params(after_id)}"
+
+
 NEXT_WAKE_AT = (
     "SELECT MIN(wake_at_ms) FROM instances WHERE status = 'suspended' "
     f"AND wake_at_ms IS NOT NULL AND {_WAKEABLE}"

@@ -67,6 +67,7 @@ from runtara_core.persistence.rows import (
 from runtara_core.persistence.rules import Clock, wall_clock_ms
 from runtara_core.persistence.sqlbuild import (
     NEXT_WAKE_AT,
+    count_events_statement,
     Params,
     claim_due_statement,
     claim_signal_waiters_statement,
@@ -713,6 +714,15 @@ class SqlitePersistence(Persistence):
                 limit,
             )
             return [event_from_record(r) for r in rows]
+
+        return await self._read(tx)
+
+    async def count_events(self, instance_id: str, *, after_id: int = 0) -> int:
+        params = Params(postgres=False)
+        sql = count_events_statement(params, instance_id, after_id)
+
+        def tx(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(sql, params.values).fetchone()[0])
 
         return await self._read(tx)
 

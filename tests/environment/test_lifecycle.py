@@ -66,6 +66,9 @@ async def test_register_start_watch_complete(environment: EnvironmentProcess) ->
         row = await client.get_instance(started.instance_id)
         assert row.peak_rss_bytes and row.peak_rss_bytes > 5_000_000
         assert row.cpu_time_ms is not None and row.cpu_time_ms > 0
+        every = await client.list_events(started.instance_id, limit=1000)
+        page = await client.list_events(started.instance_id, limit=2)
+        assert len(page.items) == 2 and page.total == every.total == len(every.items)
         checkpoints = await client.list_checkpoints(started.instance_id)
         assert checkpoints.total >= 3
         assert any("charge_card" in c.checkpoint_id for c in checkpoints.items)

@@ -138,7 +138,7 @@ async def test_capacity_never_exceeds_the_limit(make_environment: MakeEnvironmen
     finally:
         stop.set()
         await sampler
-    assert 1 <= peak <= 5, peak
+    assert peak == 5, peak  # the cap is reached (50 queued starts keep it full) and never passed
 
 
 def _is_instance(proc: psutil.Process) -> bool:

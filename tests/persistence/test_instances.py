@@ -541,6 +541,9 @@ async def test_events_append_and_page_by_cursor(
     rest = await persistence.list_events(row.instance_id, after_id=first[-1].id)
     assert first + rest == appended
     assert await persistence.list_events(row.instance_id, after_id=appended[-1].id) == []
+    assert await persistence.count_events(row.instance_id) == 5
+    assert await persistence.count_events(row.instance_id, after_id=first[-1].id) == 3
+    assert await persistence.count_events("missing") == 0
     with pytest.raises(NotFound):
         await persistence.append_event("missing", NewEvent(EventType.CUSTOM))
     with pytest.raises(BadRequest):
