@@ -33,7 +33,7 @@ from runtara_core.errors import (
 from runtara_core.transport.quic_protocol import RpcConnectionProtocol
 from runtara_core.transport.quic_config import client_configuration, tune_connection
 from runtara_core.transport.tls import ClientTls
-from runtara_core.transport.udp_socket import resolve
+from runtara_core.transport.udp_socket import literal_address, resolve
 from runtara_core.wire.envelope import parse_response
 from runtara_core.wire.frame_codec import FrameDecoder, SingleFrameReader, encode_frame, unpack_payload
 from runtara_core.wire.messages import Message, Request, validate_message
@@ -431,7 +431,9 @@ class RpcClient:
                 self.port,
             )
         loop = asyncio.get_running_loop()
-        family, sockaddr = await loop.run_in_executor(None, resolve, self.host, self.port)
+        family, sockaddr = literal_address(self.host, self.port) or await loop.run_in_executor(
+            None, resolve, self.host, self.port
+        )
         configuration = client_configuration(
             self.alpn, self._tls, self.host, self.options.idle_timeout_s, sockaddr[0]
         )

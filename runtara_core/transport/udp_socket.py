@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 # The default receive buffer (~208 KB) drops datagrams in connection storms even on loopback,
 # and every drop costs a 100 ms+ loss-recovery round (aioquic-notes, pitfall 9).
 SERVER_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def literal_address(host: str, port: int) -> tuple[int, tuple] | None:
+    """Family and sockaddr of an IP literal, without a resolver (no thread, no lookup); None
+    for a name. The common case: the environment hands launches the core's IP address."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+        return None  # a link-local address with a zone: let the resolver build its sockaddr
+    if ip.version == 4:
+        return socket.AF_INET, (str(ip), port)
+    return socket.AF_INET6, (str(ip), port, 0, 0)
 
 
 def resolve(host: str, port: int) -> tuple[int, tuple]:
