@@ -40,12 +40,16 @@ def free_udp_port() -> int:
 
 
 def instance_processes(data_dir: Path) -> list[psutil.Process]:
-    """Live instance processes launched from ``data_dir`` (their RUNTARA_RUN_DIR lies in it)."""
-    runs = str(data_dir.resolve())
+    """Live instance processes launched from ``data_dir``: those working in one of its run
+    directories, or (cold spawns) started with RUNTARA_RUN_DIR in it. A forked instance's
+    /proc environ is its launcher's, so the working directory is what finds it."""
+    runs = str(data_dir.resolve() / "runs") + os.sep
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if proc.environ().get("RUNTARA_RUN_DIR", "").startswith(runs) and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.cwd().startswith(runs) or proc.environ().get("RUNTARA_RUN_DIR", "").startswith(runs):
                 found.append(proc)
         except psutil.Error:
             continue

@@ -1,15 +1,19 @@
-"""Instance processes: spawn one launch, see its exit the moment it happens, measure it.
+"""Instance processes: launch one, see its exit the moment it happens, measure it.
 
-Each launch is ``python -m runtara_sdk`` with a clean environment (DESIGN section 8: its own
-variables and the start's env, never the server's database URL or secrets), its own session
-and process group (stopping it stops whatever it started), its run directory as cwd, and its
-stdout/stderr appended to ``stdout.log`` / ``stderr.log`` there.
+Launching sits behind one interface (``ProcessLauncher.launch``) with two ways in: a fork from
+the pre-forked launcher (``fork_launcher``, the default) or a cold spawn of
+``python -m runtara_sdk`` (the setting ``RUNTARA_LAUNCHER=spawn``, and the fallback while the
+launcher restarts). Both give the child the same clean process (DESIGN section 8): a clean
+environment (its own variables and the start's env, never the server's database URL or
+secrets), its own session and process group (stopping it stops whatever it started), its run
+directory as cwd, its stdout/stderr appended to ``stdout.log`` / ``stderr.log`` there, and the
+resource limits.
 
-Exits are seen through a pidfd registered with the event loop, one file descriptor per live
-process and no polling: the loop wakes when the process ends, and ``wait4`` reaps it with its
-resource usage (peak RSS, CPU time). A process adopted after an environment restart is not our
-child, so it cannot be reaped or its exit status known; its pidfd still says when it ends, and
-its metrics are the last ones sampled from /proc while it ran.
+Either way the process is our child (a forked one is re-parented to us), so exits are seen
+through a pidfd registered with the event loop, one file descriptor per live process and no
+polling, and ``wait4`` reaps it with its resource usage (peak RSS, CPU time). A process adopted
+after an environment restart is not our child, so it cannot be reaped or its exit status known;
+its pidfd still says when it ends, and its metrics are the last ones sampled from /proc.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from runtara_core.persistence.rows import ProcessExit
+from runtara_environment.fork_launcher import ForkLauncher, LauncherUnavailable
+from runtara_environment.fork_messages import ForkRequest
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +94,15 @@ def child_environment(spec: LaunchSpec, host_env: Mapping[str, str]) -> dict[str
     return env
 
 
+def launcher_environment(host_env: Mapping[str, str]) -> dict[str, str]:
+    """The fork launcher's own environment: the host basics only. A forked child's
+    /proc/<pid>/environ shows this block (its os.environ is the launch's own), so it holds
+    nothing of the server's."""
+    env = {name: host_env[name] for name in PASSED_THROUGH if name in host_env}
+    env["PYTHONUNBUFFERED"] = "1"  # as in every cold launch: children inherit its stdio setup
+    return env
+
+
 def read_tail(path: Path, max_bytes: int) -> str | None:
     """The last ``max_bytes`` of a log, starting at a line boundary when it was cut."""
     if max_bytes <= 0:
@@ -128,7 +143,8 @@ class InstanceProcess:
         pid: int,
         create_time: float,
         *,
-        popen: subprocess.Popen[bytes] | None,
+        child: bool,
+        popen: subprocess.Popen[bytes] | None = None,
         run_dir: Path,
         stderr_tail_bytes: int,
     ) -> None:
@@ -142,6 +158,7 @@ class InstanceProcess:
         # From the process's own start time, so an adopted launch's running time counts in full.
         self.started_monotonic = time.monotonic() - max(0.0, time.time() - create_time)
         self.exited: asyncio.Future[ProcessExit] = asyncio.get_running_loop().create_future()
+        self._child = child
         self._popen = popen
         self._tail_bytes = stderr_tail_bytes
         self._peak_rss: int | None = None
@@ -151,7 +168,7 @@ class InstanceProcess:
     @property
     def adopted(self) -> bool:
         """Not our child: started by an earlier environment process."""
-        return self._popen is None
+        return not self._child
 
     @property
     def alive(self) -> bool:
@@ -199,7 +216,7 @@ class InstanceProcess:
         exit_code: int | None = None
         exit_signal: int | None = None
         peak_rss, cpu_ms = self._peak_rss, self._cpu_ms
-        if self._popen is not None:
+        if self._child:
             try:
                 pid, status, usage = os.wait4(self.pid, os.WNOHANG)
             except ChildProcessError:
@@ -213,7 +230,8 @@ class InstanceProcess:
                     exit_code = os.waitstatus_to_exitcode(status)
                 peak_rss = usage.ru_maxrss * 1024
                 cpu_ms = int((usage.ru_utime + usage.ru_stime) * 1000)
-            self._popen.returncode = exit_code if exit_code is not None else -(exit_signal or 0)
+            if self._popen is not None:  # reaped here: Popen must not wait for it again
+                self._popen.returncode = exit_code if exit_code is not None else -(exit_signal or 0)
         self._close_pidfd()
         run_ms = int((time.monotonic() - self.started_monotonic) * 1000)
         self.exited.set_result(
@@ -248,13 +266,40 @@ def _apply_limits(pid: int, limits: ResourceLimits) -> None:
         resource.prlimit(pid, resource.RLIMIT_CPU, (limits.cpu_time_s, limits.cpu_time_s))
 
 
-def spawn(spec: LaunchSpec, *, stderr_tail_bytes: int) -> InstanceProcess:
-    """Start a launch (cold: a fresh interpreter); raises OSError if it cannot be started."""
+def prepare_run_dir(spec: LaunchSpec, how: str) -> None:
+    """The run directory, and a banner in stderr.log so each launch's output can be told apart."""
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    banner = f"--- attempt {spec.attempt} launched at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with (spec.run_dir / "stderr.log").open("ab") as stderr:
+        stderr.write(f"--- attempt {spec.attempt} launched at {stamp} ({how})\n".encode())
+
+
+STARTUP_LOCALE_VARIABLES = frozenset({"LANG", "LC_ALL", "LC_CTYPE"})
+"""What CPython reads once, at start-up, to choose its locale and text encodings."""
+
+
+def needs_fresh_interpreter(spec: LaunchSpec) -> bool:
+    """PYTHON* variables (PYTHONPATH, PYTHONHASHSEED, ...) and the locale variables act only
+    when an interpreter starts: a launch that sets them gets one, so it behaves exactly as asked
+    (a fork has the launcher's, which has only the host's)."""
+    return any(name.startswith("PYTHON") or name in STARTUP_LOCALE_VARIABLES for name in spec.env)
+
+
+def fork_request(spec: LaunchSpec, host_env: Mapping[str, str]) -> ForkRequest:
+    return ForkRequest(
+        env=child_environment(spec, host_env),
+        cwd=str(spec.run_dir),
+        stdout_path=str(spec.run_dir / "stdout.log"),
+        stderr_path=str(spec.run_dir / "stderr.log"),
+        memory_limit_bytes=spec.limits.memory_bytes,
+        cpu_limit_s=spec.limits.cpu_time_s,
+    )
+
+
+def spawn(spec: LaunchSpec, *, stderr_tail_bytes: int) -> InstanceProcess:
+    """Start a launch cold (a fresh interpreter); raises OSError if it cannot be started."""
+    prepare_run_dir(spec, "cold spawn")
     with (spec.run_dir / "stderr.log").open("ab") as stderr, (spec.run_dir / "stdout.log").open("ab") as stdout:
-        stderr.write(banner)
-        stderr.flush()
         popen = subprocess.Popen(
             [sys.executable, "-m", "runtara_sdk"],
             env=child_environment(spec, os.environ),
@@ -278,12 +323,97 @@ def spawn(spec: LaunchSpec, *, stderr_tail_bytes: int) -> InstanceProcess:
         spec.launch_id,
         popen.pid,
         create_time,
+        child=True,
         popen=popen,
         run_dir=spec.run_dir,
         stderr_tail_bytes=stderr_tail_bytes,
     )
     process.watch()
     return process
+
+
+async def fork(spec: LaunchSpec, launcher: ForkLauncher, *, stderr_tail_bytes: int) -> InstanceProcess:
+    """Start a launch as a fork of the pre-forked launcher. LauncherUnavailable if the launcher
+    is down (launch cold instead); OSError if the fork failed or its outcome is unknown."""
+    if not launcher.available:
+        raise LauncherUnavailable("the fork launcher is not running")
+    prepare_run_dir(spec, "fork")
+    pid = await launcher.fork(fork_request(spec, os.environ))
+    try:
+        create_time = psutil.Process(pid).create_time()
+    except psutil.Error as error:  # cannot happen to an unreaped child; never guess
+        raise OSError(f"instance process {pid} of {spec.instance_id} vanished: {error}") from error
+    process = InstanceProcess(
+        spec.instance_id,
+        spec.attempt,
+        spec.launch_id,
+        pid,
+        create_time,
+        child=True,
+        run_dir=spec.run_dir,
+        stderr_tail_bytes=stderr_tail_bytes,
+    )
+    process.watch()
+    return process
+
+
+class ProcessLauncher:
+    """The one way the supervisor starts a launch: forked when the launcher is up, cold otherwise."""
+
+    def __init__(self, *, stderr_tail_bytes: int, fork_launcher: ForkLauncher | None = None) -> None:
+        self.fork_launcher = fork_launcher
+        self._tail_bytes = stderr_tail_bytes
+        self.forked = 0
+        self.spawned = 0
+
+    async def launch(self, spec: LaunchSpec) -> InstanceProcess:
+        launcher = self.fork_launcher
+        if launcher is not None and launcher.available and not needs_fresh_interpreter(spec):
+            try:
+                process = await fork(spec, launcher, stderr_tail_bytes=self._tail_bytes)
+                self.forked += 1
+                return process
+            except LauncherUnavailable as error:
+                if error.in_flight:
+                    raise  # it may have forked: launching again could run the attempt twice
+        process = spawn(spec, stderr_tail_bytes=self._tail_bytes)
+        self.spawned += 1
+        return process
+
+    def own_pids(self) -> set[int]:
+        """Children that are not instance processes to reap: the launcher, and pids in transit."""
+        launcher = self.fork_launcher
+        if launcher is None:
+            return set()
+        pids = set(launcher.unclaimed)
+        if launcher.pid is not None:
+            pids.add(launcher.pid)
+        return pids
+
+    async def stop(self) -> None:
+        if self.fork_launcher is not None:
+            await self.fork_launcher.stop()
+
+
+def reap_orphans(keep: Collection[int]) -> int:
+    """Reap exited children we never started: as a subreaper we inherit an instance's own
+    orphaned children, and nobody else will collect them. Returns how many were reaped."""
+    reaped = 0
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return 0
+    for child in children:
+        if child.pid in keep:
+            continue
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                continue
+            if os.waitpid(child.pid, os.WNOHANG)[0] == child.pid:
+                reaped += 1
+        except (psutil.Error, ChildProcessError):
+            continue
+    return reaped
 
 
 def adopt(
@@ -313,7 +443,7 @@ def adopt(
         launch_id,
         pid,
         create_time,
-        popen=None,
+        child=False,
         run_dir=run_dir,
         stderr_tail_bytes=stderr_tail_bytes,
     )

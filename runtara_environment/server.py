@@ -9,6 +9,7 @@ instance processes running, so that the next start adopts them.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -23,13 +24,18 @@ from runtara_core.signal_notifier import SignalNotifier
 from runtara_core.transport.certs import DevCertificates
 from runtara_core.transport.quic_server import RpcServer, ServerLimits
 from runtara_core.transport.tls import resolve_server_tls
+from runtara_environment.fork_launcher import ForkLauncher
 from runtara_environment.image_registry import ImageRegistry
 from runtara_environment.management_service import ManagementService
 from runtara_environment.management_tokens import load_tokens
+from runtara_environment.process_runner import ProcessLauncher, launcher_environment
 from runtara_environment.supervisor import CoreEndpoint, Supervisor
 from runtara_environment.wake_scheduler import WakeScheduler
 
 log = logging.getLogger(__name__)
+
+LAUNCHER_READY_WAIT_S = 20.0
+"""How long a start waits for the fork launcher's imports before launching cold meanwhile."""
 
 
 def default_node_id(data_dir: Path) -> str:
@@ -48,6 +54,7 @@ class EnvironmentServer:
         self.supervisor: Supervisor | None = None
         self.scheduler: WakeScheduler | None = None
         self._rpc: RpcServer | None = None
+        self.launcher: ProcessLauncher | None = None
         self.node_id = settings.node_id
 
     async def start(self) -> tuple[str, int]:
@@ -57,13 +64,14 @@ class EnvironmentServer:
         management_tokens = load_tokens(tokens_file=settings.tokens_file, data_dir=settings.data_dir)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = settings.node_id or default_node_id(settings.data_dir)
-        if settings.launcher == "fork":
-            log.info("the pre-forked launcher is not available yet: launches are cold spawns")
+        launcher = self._start_launcher()  # its imports overlap with the rest of the start
         self.persistence = await settings.open_database()
         try:
             notifier = SignalNotifier()
             instance_tokens = load_instance_tokens(settings)
             core_addr = await self._start_core(notifier, instance_tokens)
+            if launcher.fork_launcher is not None and not await launcher.fork_launcher.wait_ready(LAUNCHER_READY_WAIT_S):
+                log.warning("the fork launcher is not ready yet: launches are cold spawns until it is")
             registry = ImageRegistry(
                 self.persistence,
                 settings.data_dir.resolve() / "images",
@@ -85,6 +93,7 @@ class EnvironmentServer:
                 core=CoreEndpoint(core_addr, self._client_ca(), settings.tls_insecure),
                 node_id=self.node_id,
                 clock=self._clock,
+                launcher=launcher,
                 on_relaunch_scheduled=scheduler.note_wake,
             )
             await supervisor.start()
@@ -111,6 +120,19 @@ class EnvironmentServer:
         except BaseException:
             await self.stop()
             raise
+
+    def _start_launcher(self) -> ProcessLauncher:
+        settings = self.settings
+        fork_launcher = None
+        if settings.launcher == "fork":
+            fork_launcher = ForkLauncher(launcher_environment(os.environ))
+            try:
+                fork_launcher.start()
+            except OSError as error:
+                log.warning("cannot fork launches here (%s): launches are cold spawns", error)
+                fork_launcher = None
+        self.launcher = ProcessLauncher(stderr_tail_bytes=settings.stderr_tail_bytes, fork_launcher=fork_launcher)
+        return self.launcher
 
     async def _start_core(self, notifier: SignalNotifier, tokens: InstanceTokens) -> str:
         """The address launches dial: the embedded core's, or the configured external one."""
@@ -144,6 +166,9 @@ class EnvironmentServer:
         if self.supervisor is not None:
             await self.supervisor.stop()
             self.supervisor = None
+        if self.launcher is not None:
+            await self.launcher.stop()
+            self.launcher = None
         if self.core is not None:
             await self.core.stop(grace_s)
             self.core = None

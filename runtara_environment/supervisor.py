@@ -52,10 +52,11 @@ from runtara_environment.image_registry import ImageRegistry
 from runtara_environment.process_runner import (
     InstanceProcess,
     LaunchSpec,
+    ProcessLauncher,
     ResourceLimits,
     adopt,
     read_tail,
-    spawn,
+    reap_orphans,
 )
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,11 @@ class Supervisor:
         core: CoreEndpoint,
         node_id: str,
         clock: Clock,
+        launcher: ProcessLauncher,
         on_relaunch_scheduled: Callable[[int], None] = lambda _at: None,
     ) -> None:
         self._db = persistence
+        self.launcher = launcher
         self._settings = settings
         self._tokens = tokens
         self._registry = registry
@@ -233,7 +236,7 @@ class Supervisor:
         try:
             try:
                 spec = await self._launch_spec(row)
-                process = spawn(spec, stderr_tail_bytes=self._settings.stderr_tail_bytes)
+                process = await self.launcher.launch(spec)
             except (OSError, RuntaraError) as error:
                 log.error("could not launch %s (attempt %d): %s", instance_id, row.attempt, error)
                 kill = self._kills.pop(instance_id, None)
@@ -462,6 +465,7 @@ class Supervisor:
         for process in list(self.live.values()):
             if process.adopted:
                 process.sample()
+        reap_orphans(keep=self.live_pids() | self.launcher.own_pids())
         await self._kill_unregistered()
         cutoff = self._clock() - self._settings.heartbeat_timeout_ms
         for row in await self._db.find_stale_running(cutoff):
@@ -497,6 +501,9 @@ class Supervisor:
                 log.warning("instance %s did not register within %gs of its launch: killing it", row.instance_id, deadline_s)
                 self._kills[row.instance_id] = KillReason.HEARTBEAT_TIMEOUT
                 process.signal_group(signal.SIGKILL)
+
+    def live_pids(self) -> set[int]:
+        return {process.pid for process in self.live.values()}
 
     def _owned_elsewhere(self, row: InstanceRow) -> bool:
         """Launched by another environment node sharing the database: its supervisor's business."""
