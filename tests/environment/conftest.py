@@ -60,17 +60,32 @@ class EnvironmentProcess(LocalEnvironment):
 MakeEnvironment = Callable[..., Awaitable[EnvironmentProcess]]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def env_backend(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(
+    params=[("sqlite", "fork"), ("postgres", "fork"), ("sqlite", "spawn")],
+    ids=["sqlite", "postgres", "sqlite-spawn"],
+)
+def env_variant(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(backend, launcher): both backends with the default pre-forked launcher, and the cold
+    spawn on SQLite (how a launch starts does not depend on the backend)."""
     return request.param
 
 
 @pytest.fixture
-async def make_environment(env_backend: str, tmp_path: Path) -> AsyncIterator[MakeEnvironment]:
+def env_backend(env_variant: tuple[str, str]) -> str:
+    return env_variant[0]
+
+
+@pytest.fixture
+def env_launcher(env_variant: tuple[str, str]) -> str:
+    return env_variant[1]
+
+
+@pytest.fixture
+async def make_environment(env_backend: str, env_launcher: str, tmp_path: Path) -> AsyncIterator[MakeEnvironment]:
     """``await make_environment(**settings)``: a started environment; settings are RUNTARA_*
     names in lower case without the prefix (``max_concurrent_instances=5``). The keyword
     ``extra_env`` (a dict) is not a setting: those variables are added to the server's
-    environment as they are."""
+    environment as they are. ``launcher`` defaults to this variant's."""
     made: list[EnvironmentProcess] = []
     schemas: list[str] = []
     pg_url = postgres_test_url() if env_backend == "postgres" else None
@@ -88,7 +103,7 @@ async def make_environment(env_backend: str, tmp_path: Path) -> AsyncIterator[Ma
             workdir,
             url,
             schema,
-            {f"RUNTARA_{k.upper()}": str(v) for k, v in settings.items()},
+            {f"RUNTARA_{k.upper()}": str(v) for k, v in {"launcher": env_launcher, **settings}.items()},
             extra_env=dict(extra_env or {}),
         )
         made.append(env)
