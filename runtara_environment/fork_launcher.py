@@ -20,6 +20,7 @@ import collections
 import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +68,14 @@ def become_subreaper() -> None:
         raise OSError(errno, f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(errno)}")
 
 
+def kill_group(pid: int) -> None:
+    """SIGKILL a forked instance's process group (it leads one before its pid is answered)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class ForkLauncher:
     def __init__(self, launcher_env: Mapping[str, str]) -> None:
         self._launcher_env = dict(launcher_env)
@@ -107,6 +116,11 @@ class ForkLauncher:
     @property
     def available(self) -> bool:
         return self._ready.is_set() and self._channel is not None
+
+    @property
+    def forks_in_flight(self) -> int:
+        """Requests not answered yet: their instance process may already be our child."""
+        return len(self._waiting)
 
     @property
     def pid(self) -> int | None:
@@ -165,7 +179,10 @@ class ForkLauncher:
         OSError if it could not be forked."""
         if not self.available:
             raise LauncherUnavailable("the fork launcher is not running")
-        frame = encode_frame(request.to_message(), MAX_FORK_MESSAGE_BYTES)
+        try:
+            frame = encode_frame(request.to_message(), MAX_FORK_MESSAGE_BYTES)
+        except RuntaraError as error:  # never sent: a cold spawn may take it
+            raise LauncherUnavailable(f"the launch does not fit a fork request: {error}") from None
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         async with self._send_lock:  # answers come in request order: queue before sending
             channel = self._channel
@@ -176,6 +193,9 @@ class ForkLauncher:
                 await asyncio.get_running_loop().sock_sendall(channel, frame)
             except OSError as error:
                 self._close_channel(f"writing to it failed: {error}")
+            except asyncio.CancelledError:  # part of a frame may be out: the stream is unusable
+                self._close_channel("a request was cut off while being sent")
+                raise
         try:
             async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 pid = await future
@@ -219,8 +239,9 @@ class ForkLauncher:
             raise RuntaraError(f"an answer nobody asked for: {message}")
         future = self._waiting.popleft()
         if isinstance(message, Forked):
-            if future.done():  # the caller went away: the process runs, unsupervised; say so
-                log.error("instance process %d was forked for a launch that was abandoned", message.pid)
+            if future.done():  # the caller went away: nobody would supervise it, so it must not run
+                log.warning("killing instance process %d: its launch was abandoned", message.pid)
+                kill_group(message.pid)
             else:
                 self.unclaimed.add(message.pid)
                 future.set_result(message.pid)

@@ -13,8 +13,9 @@ from typing import Any
 
 from runtara_core.errors import BadRequest
 
-MAX_FORK_MESSAGE_BYTES = 1024 * 1024
-"""A request carries a whole process environment, so it can be big, but not unbounded."""
+MAX_FORK_MESSAGE_BYTES = 16 * 1024 * 1024
+"""A request carries a whole process environment (a start may pass up to ~8 MiB), so it can
+be big, but not unbounded."""
 
 
 @dataclass(frozen=True, slots=True)

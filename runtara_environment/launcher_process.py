@@ -6,12 +6,13 @@ every launch), then waits on the socket ``FD`` for ``ForkRequest``s. It opens no
 no file and no event loop, and never imports image code, so every child starts from the same
 pristine state and one image cannot leak into another's children.
 
-Each request forks twice. The first child forks the instance process, sends its pid to the
-environment and exits, so the instance process is re-parented to the environment (a child
-subreaper, see ``fork_launcher``). The environment then reaps it, reads its exit status and
-resource usage, and keeps supervising it if this launcher dies. The instance process makes
-itself the clean process a cold spawn is (``become_instance``) and runs the same
-``run_instance_process`` as ``python -m runtara_sdk``.
+Each request forks twice. The middle child forks the instance process, waits until it leads
+its own process group with its stop handler installed, passes its pid to the launcher and exits,
+which re-parents the instance process to the environment (a child subreaper, see
+``fork_launcher``). Only then does the launcher answer, so the environment reaps the process
+itself, reads its exit status and resource usage, and keeps supervising it if this launcher
+dies. The instance process makes itself the clean process a cold spawn is (``_reset_process``)
+and runs the same ``run_instance_process`` as ``python -m runtara_sdk``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import resource  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import types  # noqa: E402
 from importlib.util import find_spec  # noqa: E402
 from typing import NoReturn  # noqa: E402
@@ -102,50 +104,76 @@ def main(argv: list[str]) -> int:
 
 
 def fork_instance(channel: socket.socket, request: ForkRequest) -> None:
-    """Fork the instance process through a short-lived middle child, and answer exactly once."""
+    """Fork the instance process through a short-lived middle child; answer exactly once.
+
+    The answer goes out only after the middle child has exited, so the instance process is
+    already the environment's child (exit status and usage are the environment's to collect),
+    and only once the instance process leads its own process group with its stop handler in
+    place (a stop sent the moment the environment learns the pid is a clean cancel)."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()  # nothing buffered here may be written twice by a child
+    pid_read, pid_write = os.pipe()
     try:
         middle = os.fork()
     except OSError as error:
+        os.close(pid_read)
+        os.close(pid_write)
         channel.sendall(encode_frame(ForkFailed(f"fork failed: {error}").to_message()))
         return
     if middle == 0:
-        _middle_child(channel, request)
+        os.close(pid_read)
+        _middle_child(channel, pid_write, request)
+    os.close(pid_write)
+    with os.fdopen(pid_read, "rb") as pid_pipe:
+        reported = pid_pipe.read()  # until the middle child exits
     _, status = os.waitpid(middle, 0)
-    if status != 0:  # it died before it answered
-        message = ForkFailed(f"the launch's fork ended abnormally (wait status {status})")
-        channel.sendall(encode_frame(message.to_message()))
+    if reported.isdigit() and status == 0:
+        channel.sendall(encode_frame(Forked(int(reported)).to_message()))
+    else:
+        detail = reported.decode(errors="replace") or f"wait status {status}"
+        channel.sendall(encode_frame(ForkFailed(f"the launch's fork failed: {detail}").to_message()))
 
 
-def _middle_child(channel: socket.socket, request: ForkRequest) -> NoReturn:
-    """Answers for the launch itself: even if the launcher dies now, the pid reaches the
-    environment. Exits 0 exactly when it answered."""
+def _middle_child(channel: socket.socket, pid_write: int, request: ForkRequest) -> NoReturn:
+    """Forks the instance process, waits until it is set up enough to be stopped, tells the
+    launcher its pid and exits (which re-parents it to the environment)."""
+    code = 0
     try:
+        ready_read, ready_write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            channel.detach()  # closed below with every other inherited descriptor, never by this object
-            become_instance(request)
-        channel.sendall(encode_frame(Forked(pid).to_message()))
-    except BaseException as error:  # noqa: B036 - whatever happens, answer and leave
+            channel.detach()  # closed with every other inherited descriptor, never by this object
+            os.close(ready_read)
+            os.close(pid_write)
+            become_instance(request, ready_write)
+        os.close(ready_write)
+        if os.read(ready_read, 1) == b"1":
+            os.write(pid_write, str(pid).encode())
+        else:
+            os.write(pid_write, b"the instance process ended while it was being set up (see its stderr.log)")
+            code = 1
+    except BaseException as error:  # noqa: B036 - whatever happens, say why and leave
         try:
-            channel.sendall(encode_frame(ForkFailed(f"fork failed: {error}").to_message()))
-        except BaseException:  # noqa: B036
+            os.write(pid_write, f"fork failed: {error}".encode()[:512])
+        finally:
             os._exit(1)
-    os._exit(0)
+    os._exit(code)
 
 
-def become_instance(request: ForkRequest) -> NoReturn:
+def become_instance(request: ForkRequest, ready_write: int) -> NoReturn:
     """Turn this fresh fork into the process a cold spawn would be, then run the instance."""
+    early_stop = EarlyStop()
     try:
+        os.setsid()  # its own session and process group: stopping it stops what it starts
+        early_stop.install()  # from now on a stop is a cancel, as in a cold launch
+        os.write(ready_write, b"1")
+        os.close(ready_write)
         _reset_process(request)
     except BaseException as error:  # noqa: B036 - report on the launch's stderr and leave
         try:
             os.write(2, f"runtara launcher: could not set up the instance process: {error!r}\n".encode())
         finally:
             os._exit(ExitCode.CONFIG_ERROR)
-    early_stop = EarlyStop()
-    early_stop.install()
     code: int = ExitCode.LOST
     try:
         code = run_instance_process(lambda: early_stop.requested)
@@ -154,11 +182,10 @@ def become_instance(request: ForkRequest) -> NoReturn:
 
 
 def _reset_process(request: ForkRequest) -> None:
-    os.setsid()  # its own session and process group: stopping it stops what it starts
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     for signum in signal.valid_signals():
-        if signum in (signal.SIGKILL, signal.SIGSTOP):
-            continue
+        if signum in (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM):
+            continue  # SIGTERM already has the launch's own handler
         try:
             signal.signal(signum, _STARTUP_SIGNALS.get(signum, signal.SIG_DFL))
         except (OSError, ValueError):
@@ -172,6 +199,8 @@ def _reset_process(request: ForkRequest) -> None:
     os.environ.update(request.env)
     if _COERCED_LC_CTYPE is not None and not ({"LC_ALL", "LC_CTYPE"} & request.env.keys()):
         os.environ["LC_CTYPE"] = _COERCED_LC_CTYPE  # the launch's locale variables are ours
+    time.tzset()  # TZ as the launch has it (libc caches the launcher's)
+    tempfile.tempdir = None  # TMPDIR as the launch has it (the warm-up cached the launcher's)
     if request.memory_limit_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (request.memory_limit_bytes, request.memory_limit_bytes))
     if request.cpu_limit_s is not None:

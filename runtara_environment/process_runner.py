@@ -375,10 +375,18 @@ class ProcessLauncher:
                 return process
             except LauncherUnavailable as error:
                 if error.in_flight:
-                    raise  # it may have forked: launching again could run the attempt twice
+                    # It may have forked: never launch the attempt again while that process may
+                    # run. Kill it if it exists; the launch counts as failed (a crash: relaunched
+                    # later as the next attempt, which fences any straggler out).
+                    kill_lost_fork(spec.run_dir, keep=self.own_pids())
+                    raise
         process = spawn(spec, stderr_tail_bytes=self._tail_bytes)
         self.spawned += 1
         return process
+
+    @property
+    def forks_in_flight(self) -> int:
+        return self.fork_launcher.forks_in_flight if self.fork_launcher is not None else 0
 
     def own_pids(self) -> set[int]:
         """Children that are not instance processes to reap: the launcher, and pids in transit."""
@@ -395,9 +403,35 @@ class ProcessLauncher:
             await self.fork_launcher.stop()
 
 
-def reap_orphans(keep: Collection[int]) -> int:
+def kill_lost_fork(run_dir: Path, keep: Collection[int]) -> None:
+    """SIGKILL the instance process of a fork whose answer was lost (the launcher died with it
+    in flight): our child, leading its own session, forked from the launcher, in its run
+    directory or not yet moved there."""
+    places = {str(run_dir), "/"}
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            if (
+                child.pid not in keep
+                and os.getsid(child.pid) == child.pid
+                and child.cwd() in places
+                and "runtara_environment.launcher_process" in " ".join(child.cmdline())
+            ):
+                log.warning("killing instance process %d: its fork was never confirmed", child.pid)
+                os.killpg(child.pid, signal.SIGKILL)
+        except (psutil.Error, OSError):
+            continue
+
+
+def reap_orphans(keep: Collection[int], *, forks_in_flight: bool = False) -> int:
     """Reap exited children we never started: as a subreaper we inherit an instance's own
-    orphaned children, and nobody else will collect them. Returns how many were reaped."""
+    orphaned children, and nobody else will collect them. Returns how many were reaped.
+
+    While a fork is in flight, an exited session leader may be the instance process whose pid
+    is about to be answered (its exit status is its supervisor's): it is left for later."""
     reaped = 0
     try:
         children = psutil.Process().children()
@@ -409,9 +443,11 @@ def reap_orphans(keep: Collection[int]) -> int:
         try:
             if child.status() != psutil.STATUS_ZOMBIE:
                 continue
+            if forks_in_flight and os.getsid(child.pid) == child.pid:
+                continue
             if os.waitpid(child.pid, os.WNOHANG)[0] == child.pid:
                 reaped += 1
-        except (psutil.Error, ChildProcessError):
+        except (psutil.Error, OSError):
             continue
     return reaped
 

@@ -465,7 +465,7 @@ class Supervisor:
         for process in list(self.live.values()):
             if process.adopted:
                 process.sample()
-        reap_orphans(keep=self.live_pids() | self.launcher.own_pids())
+        reap_orphans(self.live_pids() | self.launcher.own_pids(), forks_in_flight=self.launcher.forks_in_flight > 0)
         await self._kill_unregistered()
         cutoff = self._clock() - self._settings.heartbeat_timeout_ms
         for row in await self._db.find_stale_running(cutoff):

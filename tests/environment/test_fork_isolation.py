@@ -523,3 +523,19 @@ async def test_fork_keeps_the_cold_locale_coercion_and_main_module(environment: 
     fork_output, cold_output, _, _ = await fork_and_cold_spawn(environment)
     assert fork_output["env"].get("LC_CTYPE") == cold_output["env"].get("LC_CTYPE")
     assert fork_output["main_module"] == cold_output["main_module"]
+
+
+async def test_tz_and_tmpdir_of_a_start_take_effect(environment: EnvironmentProcess, env_launcher: str, tmp_path: Path) -> None:
+    """Both are read once per process (libc's timezone, tempfile's cache): a fork must re-read
+    them, as a cold interpreter reads them at start (a review found the launcher's kept)."""
+    tmpdir = tmp_path / "launch-tmp"
+    tmpdir.mkdir()
+    async with environment.client() as client:
+        await client.register_image(TEST_IMAGES / "env_dump.py", name="env-dump")
+        started = await client.start_instance("env-dump", {}, env={"TZ": "Asia/Tokyo", "TMPDIR": str(tmpdir)})
+        done = await client.wait(started.instance_id, timeout_s=WAIT_S)
+    assert done.status == "completed", (done.error, done.stderr_tail)
+    assert isinstance(done.output, dict)
+    assert banners(environment, started.instance_id) == [expected_banner(env_launcher)]
+    assert done.output["tzname"] == ["JST", "JST"]
+    assert done.output["tempdir"] == str(tmpdir)

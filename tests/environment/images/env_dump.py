@@ -1,6 +1,9 @@
-"""Returns the environment variables its process sees, and its process group and session."""
+"""Returns the environment variables its process sees, its process group and session, and
+what the C library and tempfile made of TZ and TMPDIR."""
 
 import os
+import tempfile
+import time
 
 from runtara_sdk import workflow
 
@@ -13,4 +16,6 @@ async def main(ctx, input):
         "pgid": os.getpgid(0),
         "sid": os.getsid(0),
         "cwd": os.getcwd(),
+        "tzname": list(time.tzname),
+        "tempdir": tempfile.gettempdir(),
     }
