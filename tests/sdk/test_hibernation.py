@@ -13,7 +13,9 @@ from runtara_sdk.exit_codes import ExitCode
 from tests.sdk.conftest import Instances, read_ledger
 
 THRESHOLD_MS = 1000
-SLEEP_S = 3.0
+SLEEP_S = 8.0
+"""Long enough that a cold relaunch on a loaded machine (seconds, while the other test worker
+runs environment tests) still starts well before the wake time."""
 
 
 async def sleeping(make_instances: Any, ledger: Path) -> tuple[Instances, str, int]:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,10 @@ async def test_a_heartbeat_keeps_a_quiet_instance_alive(instances: Instances, tm
     )
     iid = await instances.create(None)
     launch = await instances.launch(iid, image, env={"RUNTARA_HEARTBEAT_INTERVAL_S": "0.2"})
-    await asyncio.sleep(0.8)
+    deadline = time.monotonic() + 30  # a cold start takes seconds on a loaded machine
+    while (await instances.row(iid)).status is not InstanceStatus.RUNNING and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.4)
     first = (await instances.row(iid)).heartbeat_at_ms
     await asyncio.sleep(0.5)
     second = (await instances.row(iid)).heartbeat_at_ms
