@@ -112,6 +112,7 @@ from bench.persistence import DEFAULT_PG_URL
 from runtara_core.persistence import InstanceStatus, InstanceUpdate, NewInstance, open_persistence
 from runtara_core.persistence.rows import TerminationReason
 from runtara_environment.client import ManagementClient
+from runtara_environment.fork_launcher import LAUNCHER_MODULE
 from runtara_environment.local_environment import LocalEnvironment, instance_processes, kill_instances
 from runtara_core.wire.management_messages import EventRow
 
@@ -152,7 +153,6 @@ FULL = Plan(sequential=30, cases=((1, 20), (20, 40)), hibernated=200, live=50, l
 QUICK = Plan(sequential=10, cases=((1, 10), (20, 20)), hibernated=50, live=25, live_sleep_s=30.0,
              import_runs=3, phase_limit_s=90.0, sustained={"fork": 200, "spawn": 20})  # fmt: skip
 LAUNCHERS = ("fork", "spawn")
-LAUNCHER_MODULE = "runtara_environment.launcher_process"
 """In the cmdline of the fork launcher (a child of the environment) and of every instance forked from it."""
 GOAL_REGISTERED_P50_MS = 30.0
 GOAL_SUSTAINED_PER_S = 60.0
@@ -610,7 +610,7 @@ class Report:
     throughput: list[Throughput] = field(default_factory=list)
     wake: Wake | None = None
     memory: Memory | None = None
-    launcher_import_ms: str = ""
+    launcher_ready_ms: str = ""
     """What the environment logged when its launcher was ready (fork only)."""
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -722,7 +722,7 @@ async def bench_backend(backend: str, launcher: str, url: str, schema: str | Non
             if cold:
                 report.warnings.append(f"the environment launched cold for a while ({len(cold)}x): {cold[0][-200:]}")
             ready = [line for line in logs.splitlines() if "fork launcher ready" in line]
-            report.launcher_import_ms = ", ".join(line.rsplit("imports took ", 1)[-1].rstrip(")") for line in ready)
+            report.launcher_ready_ms = ", ".join(line.rsplit("warm-up took ", 1)[-1].rstrip(")") for line in ready)
     except Exception as error:
         report.errors.append(describe(error))
         show(f"{tag:<16}FAILED: {describe(error)}")
@@ -853,8 +853,8 @@ def render(report: Report, plan: Plan, imports: Imports) -> str:
         lines.append(f"     total spawn -> registered        {'':>14}   {statistics.median(launched_to_started):>8.0f}  "
                      f"(launched -> started; p99 {percentile(launched_to_started, .99):.0f})")  # fmt: skip
         lines.append(f"     registered -> workflow body      {'':>14}   {statistics.median(started_to_body):>8.0f}")
-    if report.launcher_import_ms:
-        lines.append(f"     (fork launcher ready: its imports took {report.launcher_import_ms}, paid once per environment start)")
+    if report.launcher_ready_ms:
+        lines.append(f"     (fork launcher ready: its imports and warm-up took {report.launcher_ready_ms}, paid once per environment start)")
     for warning in report.warnings:
         lines.append(f"  WARNING: {warning}")
     for error in report.errors:

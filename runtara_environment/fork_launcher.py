@@ -40,6 +40,8 @@ from runtara_environment.fork_messages import (
 
 log = logging.getLogger(__name__)
 
+LAUNCHER_MODULE = "runtara_environment.launcher_process"
+"""Run as ``python -m``; also what ps shows for every instance forked from it."""
 PR_SET_CHILD_SUBREAPER = 36
 READY_TIMEOUT_S = 60.0
 ANSWER_TIMEOUT_S = 10.0
@@ -84,7 +86,6 @@ class ForkLauncher:
         self._decoder = FrameDecoder(MAX_FORK_MESSAGE_BYTES)
         self._waiting: collections.deque[asyncio.Future[int]] = collections.deque()
         self._ready = asyncio.Event()
-        self._ready_at = 0.0
         self._started_at = 0.0
         self._stopping = False
         self._backoff_s = RESTART_BACKOFF_INITIAL_S
@@ -93,8 +94,6 @@ class ForkLauncher:
         self._send_lock = asyncio.Lock()
         self.unclaimed: set[int] = set()
         """Pids forked and answered but not yet handed to a caller: not orphans to reap."""
-        self.restarts = 0
-        self.forks = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -147,7 +146,7 @@ class ForkLauncher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "runtara_environment.launcher_process", str(theirs.fileno())],
+                [sys.executable, "-m", LAUNCHER_MODULE, str(theirs.fileno())],
                 pass_fds=[theirs.fileno()],
                 env=self._launcher_env,
                 cwd="/",
@@ -204,7 +203,6 @@ class ForkLauncher:
             self._close_channel(why)
             raise LauncherUnavailable(f"the fork launcher is stuck ({why})", in_flight=True) from None
         self.unclaimed.discard(pid)
-        self.forks += 1
         return pid
 
     def _on_readable(self) -> None:
@@ -231,9 +229,8 @@ class ForkLauncher:
         if isinstance(message, Ready):
             if self._ready_timer is not None:
                 self._ready_timer.cancel()
-            self._ready_at = time.monotonic()
             self._ready.set()
-            log.info("fork launcher ready (pid %d, imports took %d ms)", message.pid, message.import_ms)
+            log.info("fork launcher ready (pid %d, imports and warm-up took %d ms)", message.pid, message.ready_ms)
             return
         if not self._waiting:
             raise RuntaraError(f"an answer nobody asked for: {message}")
@@ -291,7 +288,6 @@ class ForkLauncher:
             return
         try:
             self._start_process()
-            self.restarts += 1
         except OSError as error:
             log.error("could not restart the fork launcher: %s; retrying in %.1fs", error, self._backoff_s)
             self._restart = asyncio.get_running_loop().call_later(self._backoff_s, self._restart_process)

@@ -8,7 +8,7 @@ its imports are done, then exactly one ``Forked`` or ``ForkFailed`` per request,
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from runtara_core.errors import BadRequest
@@ -65,10 +65,11 @@ class Ready:
     """The launcher has imported the SDK and waits for requests."""
 
     pid: int
-    import_ms: int
+    ready_ms: int
+    """From its start to ready: imports and warm-up."""
 
     def to_message(self) -> dict[str, Any]:
-        return {"kind": "ready", "pid": self.pid, "import_ms": self.import_ms}
+        return {"kind": "ready", "pid": self.pid, "ready_ms": self.ready_ms}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ class Forked:
 
 @dataclass(frozen=True, slots=True)
 class ForkFailed:
-    error: str = field(default="")
+    error: str = ""
 
     def to_message(self) -> dict[str, Any]:
         return {"kind": "failed", "error": self.error}
@@ -96,7 +97,7 @@ def parse_launcher_message(message: Any) -> LauncherMessage:
     """A launcher's message, or ``BadRequest`` (the environment then restarts the launcher)."""
     kind = message.get("kind") if isinstance(message, dict) else None
     if kind == "ready":
-        return Ready(pid=_positive(message, "pid"), import_ms=_count(message, "import_ms"))
+        return Ready(pid=_positive(message, "pid"), ready_ms=_count(message, "ready_ms"))
     if kind == "forked":
         return Forked(pid=_positive(message, "pid"))
     if kind == "failed":

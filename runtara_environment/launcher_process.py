@@ -80,10 +80,10 @@ def main(argv: list[str]) -> int:
     # A Ctrl-C at the terminal reaches the environment, which stops us by closing the channel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warm_up()
-    import_ms = int((time.perf_counter() - _imports_started) * 1000)
+    ready_ms = int((time.perf_counter() - _imports_started) * 1000)
     gc.collect()
     gc.freeze()  # what is imported now stays shared with every child: the collector never writes to it
-    channel.sendall(encode_frame(Ready(os.getpid(), import_ms).to_message()))
+    channel.sendall(encode_frame(Ready(os.getpid(), ready_ms).to_message()))
     decoder = FrameDecoder(MAX_FORK_MESSAGE_BYTES)
     while True:
         data = channel.recv(256 * 1024)

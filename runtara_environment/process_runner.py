@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 
 from runtara_core.persistence.rows import ProcessExit
-from runtara_environment.fork_launcher import ForkLauncher, LauncherUnavailable
+from runtara_environment.fork_launcher import LAUNCHER_MODULE, ForkLauncher, LauncherUnavailable
 from runtara_environment.fork_messages import ForkRequest
 
 log = logging.getLogger(__name__)
@@ -335,8 +335,6 @@ def spawn(spec: LaunchSpec, *, stderr_tail_bytes: int) -> InstanceProcess:
 async def fork(spec: LaunchSpec, launcher: ForkLauncher, *, stderr_tail_bytes: int) -> InstanceProcess:
     """Start a launch as a fork of the pre-forked launcher. LauncherUnavailable if the launcher
     is down (launch cold instead); OSError if the fork failed or its outcome is unknown."""
-    if not launcher.available:
-        raise LauncherUnavailable("the fork launcher is not running")
     prepare_run_dir(spec, "fork")
     pid = await launcher.fork(fork_request(spec, os.environ))
     try:
@@ -363,16 +361,12 @@ class ProcessLauncher:
     def __init__(self, *, stderr_tail_bytes: int, fork_launcher: ForkLauncher | None = None) -> None:
         self.fork_launcher = fork_launcher
         self._tail_bytes = stderr_tail_bytes
-        self.forked = 0
-        self.spawned = 0
 
     async def launch(self, spec: LaunchSpec) -> InstanceProcess:
         launcher = self.fork_launcher
         if launcher is not None and launcher.available and not needs_fresh_interpreter(spec):
             try:
-                process = await fork(spec, launcher, stderr_tail_bytes=self._tail_bytes)
-                self.forked += 1
-                return process
+                return await fork(spec, launcher, stderr_tail_bytes=self._tail_bytes)
             except LauncherUnavailable as error:
                 if error.in_flight:
                     # It may have forked: never launch the attempt again while that process may
@@ -380,9 +374,7 @@ class ProcessLauncher:
                     # later as the next attempt, which fences any straggler out).
                     kill_lost_fork(spec.run_dir, keep=self.own_pids())
                     raise
-        process = spawn(spec, stderr_tail_bytes=self._tail_bytes)
-        self.spawned += 1
-        return process
+        return spawn(spec, stderr_tail_bytes=self._tail_bytes)
 
     @property
     def forks_in_flight(self) -> int:
@@ -418,7 +410,7 @@ def kill_lost_fork(run_dir: Path, keep: Collection[int]) -> None:
                 child.pid not in keep
                 and os.getsid(child.pid) == child.pid
                 and child.cwd() in places
-                and "runtara_environment.launcher_process" in " ".join(child.cmdline())
+                and LAUNCHER_MODULE in " ".join(child.cmdline())
             ):
                 log.warning("killing instance process %d: its fork was never confirmed", child.pid)
                 os.killpg(child.pid, signal.SIGKILL)

@@ -107,8 +107,6 @@ class Supervisor:
         self._exit_tasks: set[asyncio.Task[None]] = set()
         self._poked = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self.launches = 0
-        self.peak_live = 0
 
     @property
     def runs_dir(self) -> Path:
@@ -243,7 +241,6 @@ class Supervisor:
                 failed = ProcessExit(exit_code=None, stderr_tail=f"launch failed: {error}")
                 await self._handle_exit(instance_id, row.attempt, None, failed, kill)
                 return
-            self.launches += 1
             self._supervise(process, row)
             try:
                 await self._db.record_process(instance_id, process.pid, process.create_time)
@@ -284,7 +281,6 @@ class Supervisor:
     def _supervise(self, process: InstanceProcess, row: InstanceRow) -> None:
         instance_id = process.instance_id
         self.live[instance_id] = process
-        self.peak_live = max(self.peak_live, len(self.live))
         if row.timeout_ms is not None:
             # Running time of earlier launches, plus this one's so far (adopted: since its start).
             running_s = time.monotonic() - process.started_monotonic

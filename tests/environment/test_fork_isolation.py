@@ -22,11 +22,11 @@ import pytest
 
 from runtara_core.persistence import Persistence
 from runtara_environment.client import ManagementClient
+from runtara_environment.fork_launcher import LAUNCHER_MODULE
 from tests.environment.conftest import TEST_IMAGES, EnvironmentProcess, MakeEnvironment, wait_until
 
 WAIT_S = 90.0
 PROBE = TEST_IMAGES / "isolation_probe.py"
-LAUNCHER_MODULE = "runtara_environment.launcher_process"
 READY_LOG = "fork launcher ready"
 STOPPED_LOG = "the fork launcher stopped"
 FORK_BANNER = "(fork)"

@@ -82,7 +82,7 @@ def test_fork_request_keeps_env_out_of_reach_of_the_caller() -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [Ready(pid=4242, import_ms=0), Ready(pid=1, import_ms=612), Forked(pid=99999), ForkFailed("fork failed: EAGAIN"), ForkFailed()],
+    [Ready(pid=4242, ready_ms=0), Ready(pid=1, ready_ms=612), Forked(pid=99999), ForkFailed("fork failed: EAGAIN"), ForkFailed()],
     ids=repr,
 )
 def test_launcher_messages_round_trip(message: Ready | Forked | ForkFailed) -> None:
@@ -115,9 +115,9 @@ def test_any_valid_fork_request_round_trips(
     assert ForkRequest.from_message(through_a_frame(request.to_message())) == request
 
 
-@given(pid=st.integers(min_value=1, max_value=2**31), import_ms=st.integers(min_value=0, max_value=2**40), error=st.text())
-def test_any_valid_launcher_message_round_trips(pid: int, import_ms: int, error: str) -> None:
-    for message in (Ready(pid, import_ms), Forked(pid), ForkFailed(error)):
+@given(pid=st.integers(min_value=1, max_value=2**31), ready_ms=st.integers(min_value=0, max_value=2**40), error=st.text())
+def test_any_valid_launcher_message_round_trips(pid: int, ready_ms: int, error: str) -> None:
+    for message in (Ready(pid, ready_ms), Forked(pid), ForkFailed(error)):
         assert parse_launcher_message(through_a_frame(message.to_message())) == message
 
 
@@ -229,8 +229,8 @@ def test_a_malformed_pid_is_refused(kind: str, value: Any) -> None:
 @pytest.mark.parametrize("value", [None, -1, True, False, 1.5, "10", b"10", "absent"], ids=repr)
 def test_a_malformed_import_time_is_refused(value: Any) -> None:
     good = Ready(7, 10).to_message()
-    message = without_field(good, "import_ms") if value == "absent" else with_field(good, "import_ms", value)
-    with pytest.raises(BadRequest, match="import_ms"):
+    message = without_field(good, "ready_ms") if value == "absent" else with_field(good, "ready_ms", value)
+    with pytest.raises(BadRequest, match="ready_ms"):
         parse_launcher_message(message)
 
 
