@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     """Passed to instances (RUNTARA_HEARTBEAT_INTERVAL_S); None = a third of the heartbeat timeout."""
     stderr_tail_bytes: int = Field(4096, ge=0)
     """How much of a launch's stderr.log is kept on the instance row."""
+    run_retention_s: int = Field(7 * 24 * 3600, ge=0)
+    """A finished instance's run directory (DATA_DIR/runs/<id>: logs, workspace) is deleted this
+    long after it finished; 0 = as soon as its process is gone. Its stderr tail stays on the row."""
+    run_retention_interval_s: float = Field(60.0, gt=0)
+    """How often run directories past their retention are sought and deleted."""
     request_timeout_s: float = Field(30.0, gt=0)
     idle_timeout_s: float = Field(60.0, gt=0)
     max_streams_per_connection: int = Field(128, ge=1, le=100_000)

@@ -507,10 +507,13 @@ async def cmd_instance_resume(client: ManagementClient, args: argparse.Namespace
 
 async def cmd_instance_logs(client: ManagementClient, args: argparse.Namespace, console: Console) -> int:
     detail = await client.get_instance(args.instance_id)
-    tail = detail.stderr_tail or ""
     console.show(
-        {"instance_id": detail.instance_id, "stderr_tail": detail.stderr_tail},
-        lambda: tail.rstrip("\n") if tail else "(no stderr output)",
+        {
+            "instance_id": detail.instance_id,
+            "stderr_tail": detail.stderr_tail,
+            "run_dir_removed": detail.run_dir_removed,
+        },
+        lambda: render.render_logs(detail.stderr_tail, run_dir_removed=detail.run_dir_removed),
     )
     return EXIT_OK
 

@@ -245,6 +245,19 @@ def stderr_tail(text: str | None, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip("\n").split("\n")[-lines:])
 
 
+RUN_DIR_REMOVED_NOTE = (
+    "(the run directory was removed by retention, RUNTARA_RUN_RETENTION_S: "
+    "this is the stderr tail kept on the instance)"
+)
+
+
+def render_logs(tail: str | None, *, run_dir_removed: bool = False) -> str:
+    """``instance logs``: the stored stderr tail, and why there is no more once the run
+    directory is gone."""
+    text = tail.rstrip("\n") if tail else "(no stderr output)"
+    return f"{text}\n{RUN_DIR_REMOVED_NOTE}" if run_dir_removed else text
+
+
 def render_instance(detail: InstanceDetail) -> str:
     cpu = None if detail.cpu_time_ms is None else detail.cpu_time_ms / 1000
     pairs = [

@@ -42,6 +42,7 @@ from runtara_core.wire import management_messages as m
 from runtara_core.wire.dispatch import RequestBody, ResponseStream, Route, routes
 from runtara_environment.image_registry import ImageRegistry, ImageUpload
 from runtara_environment.management_tokens import ManagementTokens, Principal
+from runtara_environment.process_runner import run_dir_entry
 from runtara_environment.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def _summary_fields(row: InstanceRow) -> dict[str, Any]:
     }
 
 
-def instance_detail(row: InstanceRow) -> m.InstanceDetail:
+def instance_detail(row: InstanceRow, *, run_dir_removed: bool = False) -> m.InstanceDetail:
     return m.InstanceDetail(
         **_summary_fields(row),
         max_attempts=row.max_attempts,
@@ -122,6 +123,7 @@ def instance_detail(row: InstanceRow) -> m.InstanceDetail:
         stderr_tail=row.stderr_tail,
         peak_rss_bytes=row.peak_rss_bytes,
         cpu_time_ms=row.cpu_time_ms,
+        run_dir_removed=run_dir_removed,
     )
 
 
@@ -414,7 +416,17 @@ class ManagementService:
     # ------------------------------------------------------------------ reading
 
     async def get_instance(self, request: m.GetInstanceRequest, session: Session) -> m.InstanceDetail:
-        return instance_detail(await self._instance(session, request.instance_id))
+        row = await self._instance(session, request.instance_id)
+        return instance_detail(row, run_dir_removed=self._run_dir_removed(row))
+
+    def _run_dir_removed(self, row: InstanceRow) -> bool:
+        """A finished instance launched here whose run directory is gone (``run_retention``)."""
+        if not row.is_terminal or row.pid is None or row.node_id not in (None, self._supervisor.node_id):
+            return False
+        try:
+            return not run_dir_entry(self._supervisor.runs_dir, row.instance_id).exists()
+        except (OSError, BadRequest):
+            return False
 
     async def list_instances(self, request: m.ListInstancesRequest, session: Session) -> m.InstancePage:
         tenant = self._principal(session).scope(request.tenant)

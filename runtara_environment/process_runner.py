@@ -32,6 +32,7 @@ from pathlib import Path
 
 import psutil
 
+from runtara_core.errors import BadRequest
 from runtara_core.persistence.rows import ProcessExit
 from runtara_environment.fork_launcher import LAUNCHER_MODULE, ForkLauncher, LauncherUnavailable
 from runtara_environment.fork_messages import ForkRequest
@@ -264,6 +265,15 @@ def _apply_limits(pid: int, limits: ResourceLimits) -> None:
         resource.prlimit(pid, resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     if limits.cpu_time_s is not None:
         resource.prlimit(pid, resource.RLIMIT_CPU, (limits.cpu_time_s, limits.cpu_time_s))
+
+
+def run_dir_entry(runs_dir: Path, name: str) -> Path:
+    """``runs_dir / name`` when ``name`` is one path component; BadRequest otherwise (a launch
+    of it fails with that reason). Instance ids are checked at the API; this keeps any other
+    (an old row, a bug) from pointing a launch or a deletion outside ``runs/``."""
+    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
+        raise BadRequest(f"{name[:64]!r} cannot name a run directory: it must be a single path component")
+    return runs_dir / name
 
 
 def prepare_run_dir(spec: LaunchSpec, how: str) -> None:

@@ -29,6 +29,7 @@ from runtara_environment.image_registry import ImageRegistry
 from runtara_environment.management_service import ManagementService
 from runtara_environment.management_tokens import load_tokens
 from runtara_environment.process_runner import ProcessLauncher, launcher_environment
+from runtara_environment.run_retention import RunRetention
 from runtara_environment.supervisor import CoreEndpoint, Supervisor
 from runtara_environment.wake_scheduler import WakeScheduler
 
@@ -53,6 +54,7 @@ class EnvironmentServer:
         self.core: CoreServer | None = None
         self.supervisor: Supervisor | None = None
         self.scheduler: WakeScheduler | None = None
+        self.retention: RunRetention | None = None
         self._rpc: RpcServer | None = None
         self.launcher: ProcessLauncher | None = None
         self.node_id = settings.node_id
@@ -98,6 +100,15 @@ class EnvironmentServer:
             )
             await supervisor.start()
             scheduler.start()
+            self.retention = RunRetention(
+                self.persistence,
+                supervisor,
+                runs_dir=supervisor.runs_dir,
+                retention_s=settings.run_retention_s,
+                interval_s=settings.run_retention_interval_s,
+                clock=self._clock,
+            )
+            self.retention.start()
             service = ManagementService(
                 self.persistence,
                 settings,
@@ -160,6 +171,9 @@ class EnvironmentServer:
         if self._rpc is not None:
             await self._rpc.stop(grace_s)
             self._rpc = None
+        if self.retention is not None:
+            await self.retention.stop()
+            self.retention = None
         if self.scheduler is not None:
             await self.scheduler.stop()
             self.scheduler = None

@@ -21,6 +21,7 @@ import logging
 import secrets
 import signal
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +58,14 @@ from runtara_environment.process_runner import (
     adopt,
     read_tail,
     reap_orphans,
+    run_dir_entry,
 )
 
 log = logging.getLogger(__name__)
 
 ACTIVE = {InstanceStatus.PENDING, InstanceStatus.RUNNING}
+RECENT_LAUNCHES = 100_000
+"""Launches remembered for ``launched_since`` (a bounded window; older ones are forgotten)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,9 @@ class Supervisor:
         self._exit_tasks: set[asyncio.Task[None]] = set()
         self._poked = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._launch_seq = 0
+        self._recent_launches: deque[tuple[int, str]] = deque(maxlen=RECENT_LAUNCHES)
+        """(sequence number, instance id) of the latest launches, for the run-directory retention."""
 
     @property
     def runs_dir(self) -> Path:
@@ -171,7 +178,7 @@ class Supervisor:
                     row.launch_id if row.status is InstanceStatus.RUNNING else None,
                     row.pid,
                     row.pid_create_time,
-                    run_dir=self.runs_dir / row.instance_id,
+                    run_dir=run_dir_entry(self.runs_dir, row.instance_id),
                     stderr_tail_bytes=self._settings.stderr_tail_bytes,
                 )
             if process is not None:
@@ -188,7 +195,7 @@ class Supervisor:
             log.info("restart recovery: adopted %d live instance process(es), %d crashed while we were down", adopted, crashed)
 
     def _lost_exit(self, instance_id: str) -> ProcessExit:
-        tail = read_tail(self.runs_dir / instance_id / "stderr.log", self._settings.stderr_tail_bytes)
+        tail = read_tail(run_dir_entry(self.runs_dir, instance_id) / "stderr.log", self._settings.stderr_tail_bytes)
         return ProcessExit(exit_code=None, stderr_tail=tail)
 
     # ------------------------------------------------------------------ launching
@@ -231,6 +238,8 @@ class Supervisor:
     async def _launch(self, row: InstanceRow) -> None:
         instance_id = row.instance_id
         self._launching.add(instance_id)
+        self._launch_seq += 1
+        self._recent_launches.append((self._launch_seq, instance_id))
         try:
             try:
                 spec = await self._launch_spec(row)
@@ -271,7 +280,7 @@ class Supervisor:
             tls_insecure=self._core.tls_insecure,
             image_path=location.path,
             image_entrypoint=location.entrypoint,
-            run_dir=self.runs_dir / row.instance_id,
+            run_dir=run_dir_entry(self.runs_dir, row.instance_id),
             env=dict(row.env),
             heartbeat_interval_s=settings.instance_heartbeat_interval_s
             or max(0.1, settings.heartbeat_timeout_ms / 3000),
@@ -500,6 +509,34 @@ class Supervisor:
 
     def live_pids(self) -> set[int]:
         return {process.pid for process in self.live.values()}
+
+    # ------------------------------------------------------------------ run directories in use
+
+    def busy_instance_ids(self) -> set[str]:
+        """Instances with a launch here that is live, being launched, or whose exit is being
+        handled: their run directories are in use."""
+        return set(self.live) | self._launching | self._settling
+
+    def launch_mark(self) -> int:
+        """A point in the sequence of launches, for ``launched_since``."""
+        return self._launch_seq
+
+    def launched_since(self, mark: int) -> set[str] | None:
+        """Instances launched after ``mark``; None if that is further back than remembered.
+
+        The run-directory retention reads instance rows, then deletes: an instance launched in
+        between (a failed one resumed) may have a fresh run directory the rows do not show.
+        """
+        if mark == self._launch_seq:
+            return set()
+        if not self._recent_launches or self._recent_launches[0][0] > mark + 1:
+            return None
+        found: set[str] = set()
+        for seq, instance_id in reversed(self._recent_launches):
+            if seq <= mark:
+                break
+            found.add(instance_id)
+        return found
 
     def _owned_elsewhere(self, row: InstanceRow) -> bool:
         """Launched by another environment node sharing the database: its supervisor's business."""

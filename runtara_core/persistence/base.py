@@ -39,6 +39,7 @@ from runtara_core.persistence.rows import (
     InstanceFilter,
     InstanceRow,
     InstanceStatus,
+    InstanceStatusRow,
     InstanceUpdate,
     NewEvent,
     NewImage,
@@ -118,6 +119,14 @@ class Persistence(ABC):
 
     @abstractmethod
     async def get_instance(self, instance_id: str) -> InstanceRow | None: ...
+
+    @abstractmethod
+    async def get_instance_statuses(self, instance_ids: Collection[str]) -> list[InstanceStatusRow]:
+        """Status, finish time and node of each named instance that exists, in no given order.
+
+        For sweeps over things named by instance id (run directories): one query for many ids,
+        without the rows' input and output. Unknown ids are left out; duplicates count once.
+        """
 
     @abstractmethod
     async def list_instances(self, filter: InstanceFilter) -> Page[InstanceRow]:

@@ -42,6 +42,7 @@ from runtara_core.persistence.records import (
     EVENT_COLUMNS,
     IMAGE_COLUMNS,
     INSTANCE_COLUMNS,
+    INSTANCE_STATUS_COLUMNS,
     SIGNAL_COLUMNS,
     checkpoint_from_record,
     custom_signal_from_record,
@@ -49,6 +50,7 @@ from runtara_core.persistence.records import (
     event_from_record,
     image_from_record,
     instance_from_record,
+    instance_status_from_record,
     signal_from_record,
 )
 from runtara_core.persistence.rows import (
@@ -64,6 +66,7 @@ from runtara_core.persistence.rows import (
     InstanceFilter,
     InstanceRow,
     InstanceStatus,
+    InstanceStatusRow,
     InstanceUpdate,
     NewEvent,
     NewImage,
@@ -304,6 +307,15 @@ class PostgresPersistence(Persistence):
             f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE instance_id = $1", instance_id
         )
         return None if row is None else instance_from_record(row)
+
+    async def get_instance_statuses(self, instance_ids: Collection[str]) -> list[InstanceStatusRow]:
+        ids = sorted(set(instance_ids))
+        if not ids:
+            return []
+        rows = await self._pool.fetch(
+            f"SELECT {INSTANCE_STATUS_COLUMNS} FROM instances WHERE instance_id = ANY($1::text[])", ids
+        )
+        return [instance_status_from_record(r) for r in rows]
 
     async def list_instances(self, filter: InstanceFilter) -> Page[InstanceRow]:
         (page_sql, page_args), (count_sql, count_args) = list_instances_queries(

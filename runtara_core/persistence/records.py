@@ -19,6 +19,7 @@ from runtara_core.persistence.rows import (
     ImageRow,
     InstanceRow,
     InstanceStatus,
+    InstanceStatusRow,
     SignalRow,
     SignalType,
     TerminationReason,
@@ -56,6 +57,18 @@ def encode_json(value: Mapping[str, Any] | None) -> str | None:
 
 def decode_json(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+INSTANCE_STATUS_COLUMNS = "instance_id, status, finished_at_ms, node_id"
+
+
+def instance_status_from_record(r: Record) -> InstanceStatusRow:
+    return InstanceStatusRow(
+        instance_id=r["instance_id"],
+        status=InstanceStatus(r["status"]),
+        finished_at_ms=r["finished_at_ms"],
+        node_id=r["node_id"],
+    )
 
 
 def instance_from_record(r: Record) -> InstanceRow:

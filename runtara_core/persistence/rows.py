@@ -414,6 +414,21 @@ class InstanceRow:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceStatusRow:
+    """Just enough of an instance to judge whether what it left behind may go (``get_instance_statuses``):
+    the full row carries input and output, which can be large."""
+
+    instance_id: str
+    status: InstanceStatus
+    finished_at_ms: int | None
+    node_id: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceUpdate:
     """Columns a status transition may set besides status and reason; UNSET leaves a column alone.
 

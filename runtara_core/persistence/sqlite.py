@@ -30,6 +30,7 @@ from runtara_core.persistence.records import (
     EVENT_COLUMNS,
     IMAGE_COLUMNS,
     INSTANCE_COLUMNS,
+    INSTANCE_STATUS_COLUMNS,
     SIGNAL_COLUMNS,
     checkpoint_from_record,
     custom_signal_from_record,
@@ -37,6 +38,7 @@ from runtara_core.persistence.records import (
     event_from_record,
     image_from_record,
     instance_from_record,
+    instance_status_from_record,
     signal_from_record,
 )
 from runtara_core.persistence.rows import (
@@ -52,6 +54,7 @@ from runtara_core.persistence.rows import (
     InstanceFilter,
     InstanceRow,
     InstanceStatus,
+    InstanceStatusRow,
     InstanceUpdate,
     NewEvent,
     NewImage,
@@ -80,6 +83,8 @@ from runtara_core.persistence.sqlbuild import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+STATUS_BATCH = 500
+"""Ids per statement in ``get_instance_statuses``."""
 Tx = Callable[[sqlite3.Connection], T]
 
 
@@ -464,6 +469,22 @@ class SqlitePersistence(Persistence):
             return None if row is None else instance_from_record(row)
 
         return await self._read(tx)
+
+    async def get_instance_statuses(self, instance_ids: Collection[str]) -> list[InstanceStatusRow]:
+        ids = sorted(set(instance_ids))
+
+        def tx(conn: sqlite3.Connection) -> list[InstanceStatusRow]:
+            found: list[InstanceStatusRow] = []
+            for start in range(0, len(ids), STATUS_BATCH):  # well under SQLite's variable limit
+                chunk = ids[start : start + STATUS_BATCH]
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT {INSTANCE_STATUS_COLUMNS} FROM instances WHERE instance_id IN ({marks})"
+                found.extend(instance_status_from_record(r) for r in conn.execute(sql, chunk))
+            return found
+
+        if not ids:
+            return []
+        return await self._read_snapshot(tx)
 
     async def list_instances(self, filter: InstanceFilter) -> Page[InstanceRow]:
         (page_sql, page_args), (count_sql, count_args) = list_instances_queries(

@@ -394,6 +394,9 @@ class InstanceDetail(InstanceSummary):
     stderr_tail: str | None = None
     peak_rss_bytes: int | None = None
     cpu_time_ms: int | None = None
+    run_dir_removed: bool = False
+    """The finished instance's run directory (full stdout/stderr logs, workspace) was deleted by
+    retention (RUNTARA_RUN_RETENTION_S): ``stderr_tail`` is what is left of its output."""
 
 
 class InstancePage(Message):

@@ -165,6 +165,31 @@ async def test_get_unknown_instance_is_none(persistence: Persistence) -> None:
     assert await persistence.get_instance("missing") is None
 
 
+async def test_get_instance_statuses_of_many_ids(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    """The run-directory retention asks for many ids at once: known ones come back (once each,
+    finish time and node included), unknown ones are left out, more ids than one SQL statement
+    takes still work."""
+    running = await make_instance("s-running", status=RUNNING, node_id="node-a")
+    clock.advance(5)
+    done = await make_instance("s-done", status=InstanceStatus.COMPLETED, reason=TerminationReason.COMPLETED)
+    assert done.finished_at_ms is not None
+    many = [f"nope-{i}" for i in range(1200)]
+    found = await persistence.get_instance_statuses(["s-running", "s-done", "s-done", "missing", *many])
+    by_id = {row.instance_id: row for row in found}
+    assert len(found) == 2 and set(by_id) == {"s-running", "s-done"}
+    assert (by_id["s-running"].status, by_id["s-running"].finished_at_ms) == (RUNNING, None)
+    assert by_id["s-running"].node_id == running.node_id == "node-a" and not by_id["s-running"].is_terminal
+    assert by_id["s-done"].status is InstanceStatus.COMPLETED and by_id["s-done"].is_terminal
+    assert by_id["s-done"].finished_at_ms == done.finished_at_ms
+    assert await persistence.get_instance_statuses([]) == []
+    with pytest.raises(BadRequest):
+        await persistence.get_instance_statuses(["ok", "bad\x00id"])
+    with pytest.raises(BadRequest):
+        await persistence.get_instance_statuses("s-done")  # type: ignore[arg-type]  # a str is not a list of ids
+
+
 # --------------------------------------------------------------------------- listing
 
 

@@ -317,6 +317,7 @@ RESPONSES = {
         "stderr_tail": "",
         "peak_rss_bytes": 10_000_000,
         "cpu_time_ms": 120,
+        "run_dir_removed": False,
     },
     "list_instances": {"items": [SUMMARY], "total": 41},
     "list_checkpoints": {
