@@ -85,7 +85,7 @@ class WakeScheduler:
                 next_sweep = loop.time() + self._sweep_s
             wait_s = next_sweep - loop.time()
             if self._nearest is not None:
-                wait_s = min(wait_s, (self._nearest - self._lead_ms - self._clock()) / 1000)
+                wait_s = min(wait_s, (self._claimable_at(self._nearest) - self._clock()) / 1000)
             if wait_s > 0:
                 try:
                     async with asyncio.timeout(wait_s):
@@ -94,11 +94,18 @@ class WakeScheduler:
                     pass
             self._changed.clear()  # before the next reads: a note during them wakes us again
 
+    def _claimable_at(self, nearest: int) -> int:
+        """When the nearest wake can be claimed: ``lead_ms`` early for a hibernated instance.
+        One still inside the lead window after a claim pass took everything claimable is a
+        crash backoff, which is never cut short: wait for its end."""
+        early = nearest - self._lead_ms
+        return early if early > self._clock() else nearest
+
     async def _claim_due(self) -> None:
         if self._nearest is None or self._nearest - self._lead_ms > self._clock():
             return
         while True:
-            claimed = await self._db.claim_due_wakeups(self._clock() + self._lead_ms, CLAIM_BATCH)
+            claimed = await self._db.claim_due_wakeups(self._clock(), CLAIM_BATCH, lead_ms=self._lead_ms)
             if claimed:
                 self.claimed += len(claimed)
                 log.debug("woke %d hibernating instance(s)", len(claimed))

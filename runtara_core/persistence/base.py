@@ -359,10 +359,12 @@ class Persistence(ABC):
     # ------------------------------------------------------------------ wake-ups
 
     @abstractmethod
-    async def claim_due_wakeups(self, now_ms: int, limit: int = 100) -> list[InstanceRow]:
+    async def claim_due_wakeups(self, now_ms: int, limit: int = 100, *, lead_ms: int = 0) -> list[InstanceRow]:
         """Move due suspended instances to pending: those with a reason in
-        ``rules.WAKEABLE_REASONS`` (sleeping, waiting, and crashed ones whose relaunch backoff
-        ends at wake_at) and wake_at <= now. Paused instances are never claimed.
+        ``rules.WAKEABLE_REASONS``: sleeping and waiting ones with wake_at <= now + lead (a fresh
+        process takes a while to start; the SDK sleeps what is left), and crashed ones whose
+        relaunch backoff has ended, wake_at <= now (a lead would shorten the backoff). Paused
+        instances are never claimed.
 
         One atomic conditional update: concurrent claimers (several schedulers on one
         PostgreSQL) never get the same instance. Returns the claimed rows, in no set order.

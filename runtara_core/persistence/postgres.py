@@ -774,9 +774,9 @@ class PostgresPersistence(Persistence):
 
     # ------------------------------------------------------------------ wake-ups
 
-    async def claim_due_wakeups(self, now_ms: int, limit: int = 100) -> list[InstanceRow]:
+    async def claim_due_wakeups(self, now_ms: int, limit: int = 100, *, lead_ms: int = 0) -> list[InstanceRow]:
         params = Params(postgres=True)
-        sql = claim_due_statement(params, rules.plan_wake(self._clock()), now_ms, limit)
+        sql = claim_due_statement(params, rules.plan_wake(self._clock()), now_ms, limit, lead_ms)
         rows = await self._pool.fetch(sql, *params.values)
         return [instance_from_record(r) for r in rows]
 

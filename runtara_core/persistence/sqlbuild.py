@@ -20,6 +20,7 @@ from runtara_core.persistence.rows import (
     InstanceOrder,
     InstanceStatus,
     ProcessExit,
+    TerminationReason,
 )
 from runtara_core.persistence.rules import WAKEABLE_REASONS
 
@@ -135,19 +136,22 @@ def transition_statement(
     return sql + f"RETURNING {INSTANCE_COLUMNS}"
 
 
-def claim_due_statement(params: Params, columns: Mapping[str, Any], now_ms: int, limit: int) -> str:
+def claim_due_statement(
+    params: Params, columns: Mapping[str, Any], now_ms: int, limit: int, lead_ms: int = 0
+) -> str:
     """Claim wakeable instances (``rules.WAKEABLE_REASONS``) whose wake time has come (oldest
-    due first).
+    due first): hibernated ones ``lead_ms`` early, crashed ones not before their backoff ends.
 
-    A range scan of the instances_wake index (status, wake_at_ms) that stops at ``now_ms``: its
+    A range scan of the instances_wake index (status, wake_at_ms) that stops at now + lead: its
     cost follows the number due, not the number hibernating.
     """
     return _claim(
         params,
         columns,
         "SELECT instance_id FROM instances "
-        f"WHERE status = 'suspended' AND wake_at_ms <= {params(now_ms)} "
+        f"WHERE status = 'suspended' AND wake_at_ms <= {params(now_ms + lead_ms)} "
         f"AND {_WAKEABLE} "
+        f"AND (termination_reason <> '{TerminationReason.CRASHED.value}' OR wake_at_ms <= {params(now_ms)}) "
         f"ORDER BY wake_at_ms LIMIT {params(limit)}{params.skip_locked()}",
     )
 

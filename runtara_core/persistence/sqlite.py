@@ -909,9 +909,9 @@ class SqlitePersistence(Persistence):
 
     # ------------------------------------------------------------------ wake-ups
 
-    async def claim_due_wakeups(self, now_ms: int, limit: int = 100) -> list[InstanceRow]:
+    async def claim_due_wakeups(self, now_ms: int, limit: int = 100, *, lead_ms: int = 0) -> list[InstanceRow]:
         params = Params(postgres=False)
-        sql = claim_due_statement(params, rules.plan_wake(self._clock()), now_ms, limit)
+        sql = claim_due_statement(params, rules.plan_wake(self._clock()), now_ms, limit, lead_ms)
 
         def tx(conn: sqlite3.Connection) -> list[InstanceRow]:
             return [instance_from_record(r) for r in conn.execute(sql, params.values)]

@@ -111,6 +111,10 @@ async def test_crash_is_relaunched_from_the_last_checkpoint(environment: Environ
         crashes = [e for e in events if e.type == "crashed"]
         assert len(crashes) == 1
         assert json.loads(crashes[0].payload)["exit_signal"] == 9
+        # The relaunch waited out the crash backoff (500 ms by default); the wake lead that
+        # starts sleepers early must not cut it short.
+        relaunch = next(e for e in events if e.type == "launched" and e.event_id > crashes[0].event_id)
+        assert relaunch.created_at_ms - crashes[0].created_at_ms >= 500
 
 
 async def test_crashing_every_attempt_fails_as_crashed_and_resume_continues(

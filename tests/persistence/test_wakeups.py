@@ -95,6 +95,24 @@ async def test_crashed_instance_is_claimed_when_its_backoff_ends(
     assert await persistence.next_wake_at() is None
 
 
+async def test_the_lead_wakes_sleepers_early_but_never_shortens_a_crash_backoff(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    """A fresh process needs time to start, so sleepers are claimed ``lead_ms`` early (the SDK
+    sleeps the rest); a crashed instance's backoff is claimed when it ends (chaos found the
+    default 1 s lead eating the whole 500 ms first backoff)."""
+    now = clock()
+    sleeper = await _sleeping(make_instance, now + 800)
+    waiter = await _sleeping(make_instance, now + 800, reason=TerminationReason.WAITING)
+    crashed = await _sleeping(make_instance, now + 500, reason=TerminationReason.CRASHED)
+
+    early = await persistence.claim_due_wakeups(now, lead_ms=1_000)
+
+    assert {r.instance_id for r in early} == {sleeper, waiter}
+    assert await persistence.claim_due_wakeups(now + 499, lead_ms=1_000) == []
+    assert [r.instance_id for r in await persistence.claim_due_wakeups(now + 500, lead_ms=1_000)] == [crashed]
+
+
 async def test_paused_and_crashed_without_wake_time_are_never_claimed(
     persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
 ) -> None:
