@@ -95,7 +95,7 @@ from bench.transport import Plan as EchoPlan
 from runtara_core.config import load_settings
 from runtara_core.instance_tokens import InstanceTokens
 from runtara_core.persistence import NewImage, NewInstance, Persistence, open_persistence
-from runtara_core.persistence.migrations import quote_ident
+from runtara_core.persistence.migrations import drop_schema
 from runtara_core.protocol import INSTANCE_ALPN
 from runtara_core.server import CoreServer
 from runtara_core.transport import quic_config
@@ -576,14 +576,6 @@ async def postgres_problem(url: str) -> str | None:
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         return str(exc) or type(exc).__name__
     return None
-
-
-async def drop_schema(url: str, schema: str) -> None:
-    connection = await asyncpg.connect(url)
-    try:
-        await connection.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
-    finally:
-        await connection.close()
 
 
 # --- one backend ----------------------------------------------------------------------------------

@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from runtara_core.persistence import Persistence, open_persistence
 from runtara_core.transport.certs import DevCertificates, ensure_dev_certificates
-from runtara_core.persistence.migrations import quote_ident
+from runtara_core.persistence.migrations import drop_schema
 
 PG_URL_ENV = "RUNTARA_TEST_DATABASE_URL"
 BACKENDS = ["sqlite", "postgres"]
@@ -96,14 +95,6 @@ async def backend(
         await backend.close_all()
         if backend.schema is not None and backend.reached:
             await drop_schema(backend.url, backend.schema)
-
-
-async def drop_schema(url: str, schema: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

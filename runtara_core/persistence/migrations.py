@@ -144,6 +144,18 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+async def drop_schema(url: str, schema: str) -> None:
+    """Drop a PostgreSQL schema and everything in it: the undo of a run that used its own schema
+    (tests, benchmarks, chaos trials sharing one server)."""
+    import asyncpg  # only PostgreSQL users need it loaded
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+    finally:
+        await conn.close()
+
+
 async def apply_postgres(
     conn: asyncpg.Connection, migrations: list[Migration], clock: Clock, schema: str | None
 ) -> list[str]:

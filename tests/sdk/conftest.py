@@ -18,6 +18,7 @@ import pytest
 from runtara_core.persistence import InstanceRow, InstanceStatus, InstanceUpdate, SignalType
 from runtara_core.persistence.rules import wall_clock_ms
 from runtara_sdk.exit_codes import ExitCode
+from runtara_sdk.ledger import read_ledger
 from tests.core.conftest import Core, CoreFactory, start_core  # noqa: F401  (fixture re-export)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,12 +174,6 @@ class Instances:
     def kill_all(self) -> None:
         for launch in self.launches:
             launch.kill()
-
-
-def read_ledger(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture
