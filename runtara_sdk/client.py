@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from runtara_core.errors import (
     ConfigError,
     Forbidden,
+    HandshakeError,
     InternalError,
     InvalidState,
     NotFound,
@@ -66,6 +67,8 @@ Push = SignalPush | CustomSignalPush
 ENDING_REFUSALS = (InvalidState, Forbidden, NotFound, Unauthenticated)
 """Refusals of register that no retry can fix: this launch must exit."""
 RETRY_PAUSE_S = 0.05
+CONNECT_RETRY_PAUSE_S = 0.2
+"""Between connect attempts while core is unreachable (each attempt is a fresh handshake)."""
 
 
 def parse_push(message: Any) -> Push | None:
@@ -120,7 +123,12 @@ class InstanceClient:
 
     async def connect(self) -> RegisterResponse:
         """Connect and register. Raises ``LaunchEnded`` if core refuses this launch, or a
-        ``TransportError`` naming why core cannot be reached."""
+        ``TransportError`` naming why core cannot be reached.
+
+        Core unreachable (down, restarting, or gone while the register was in flight: the
+        environment that launched us was killed) is retried like every later op, for
+        ``core_unreachable_exit_s``: a launch that gave up after one connect timeout would lose
+        an attempt to an environment restart. A refused handshake (TLS, ALPN) is final."""
         deadline = time.monotonic() + self.settings.core_unreachable_exit_s
         while True:
             try:
@@ -131,6 +139,13 @@ class InstanceClient:
                     raise LaunchEnded(f"core kept failing to register this launch: {error.message}") from None
                 log.info("register failed (%s); sending it again", error.message)
                 await asyncio.sleep(RETRY_PAUSE_S)
+            except HandshakeError:
+                raise
+            except TransportError as error:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("core unreachable (%s); connecting again", error)
+                await asyncio.sleep(CONNECT_RETRY_PAUSE_S)
             except RuntaraError as error:
                 raise LaunchEnded(f"core refused to register this launch: {error.message}") from None
         assert self.registration is not None

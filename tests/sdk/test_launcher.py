@@ -147,10 +147,13 @@ async def test_the_launcher_outside_an_environment_says_what_is_missing() -> Non
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-async def test_a_launch_whose_core_is_down_exits_lost_after_the_connect_timeout(instances: Instances) -> None:
+async def test_a_launch_whose_core_stays_down_exits_lost_once_core_counts_as_unreachable(instances: Instances) -> None:
+    """Connecting is retried like any op (test_core_restart), until RUNTARA_CORE_UNREACHABLE_EXIT_S."""
     iid = await instances.create(None)
     launch = await instances.launch(
-        iid, "batch.py", env={"RUNTARA_SERVER_ADDR": "127.0.0.1:9", "RUNTARA_CONNECT_TIMEOUT_S": "1"}
+        iid,
+        "batch.py",
+        env={"RUNTARA_SERVER_ADDR": "127.0.0.1:9", "RUNTARA_CONNECT_TIMEOUT_S": "1", "RUNTARA_CORE_UNREACHABLE_EXIT_S": "2"},
     )
     assert await launch.wait() == ExitCode.LOST
     assert "cannot run" in launch.stderr
