@@ -233,10 +233,22 @@ class InstanceClient:
         )
 
     async def wait_signal(
-        self, name: str, checkpoint_id: str, timeout_ms: int | None, *, may_hibernate: bool = True
+        self,
+        name: str,
+        checkpoint_id: str,
+        timeout_ms: int | None,
+        *,
+        may_hibernate: bool = True,
+        deadline_ms: int | None = None,
     ) -> WaitSignalResponse:
         return await self._request(
-            WaitSignalRequest(name=name, checkpoint_id=checkpoint_id, timeout_ms=timeout_ms, may_hibernate=may_hibernate),
+            WaitSignalRequest(
+                name=name,
+                checkpoint_id=checkpoint_id,
+                timeout_ms=timeout_ms,
+                may_hibernate=may_hibernate,
+                deadline_ms=deadline_ms,
+            ),
             WaitSignalResponse,
             liveness=True,
         )

@@ -33,6 +33,7 @@ from runtara_sdk.branches import Branch, branch_task_factory, current_branch, de
 from runtara_sdk.client import InstanceClient
 from runtara_sdk.errors import Cancelled, LaunchEnded, NonDeterminismError, SerializationError, SignalTimeout, StepTimeout
 from runtara_sdk.exit_codes import ExitCode
+from runtara_sdk.failpoints import Failpoints
 from runtara_sdk.history import CallId, CallKind, Lookup, ReplayHistory
 from runtara_sdk.instance_signals import InstanceSignals
 from runtara_sdk.steps import (
@@ -108,7 +109,14 @@ class WorkflowLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 class Context:
     """One launch of one workflow instance, as its code sees it."""
 
-    def __init__(self, client: InstanceClient, signals: InstanceSignals, *, signal_wait_poll_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        client: InstanceClient,
+        signals: InstanceSignals,
+        *,
+        signal_wait_poll_s: float = 1.0,
+        failpoints: Failpoints | None = None,
+    ) -> None:
         registration = client.registration
         if registration is None:
             raise RuntimeError("the client must be connected (registered) before a Context is made")
@@ -122,6 +130,7 @@ class Context:
         self._root = Branch()
         self._calls = 0
         self._poll_s = signal_wait_poll_s
+        self._failpoints = failpoints or Failpoints()
         self._rng = random.Random()
         self._pauser: asyncio.Task[None] | None = None
         self.nondeterminism: NonDeterminismError | None = None
@@ -263,7 +272,9 @@ class Context:
             await self._live(call)
             async with self._activity.running():
                 state = await self._execute(call, fn, args, kwargs, options)
+                self._failpoints.reach("step.after_body")
                 response = await self._core(self._client.checkpoint(call.checkpoint_id, state))
+                self._failpoints.reach("step.after_checkpoint")
                 self._note(response.pending_signal)
                 if response.found:
                     state = response.state  # saved before (a history we could not see whole)
@@ -385,6 +396,7 @@ class Context:
             response = await self._ask_maybe_hibernating(wait, ask)
             wait.deadline_ms = response.wake_at_ms
             self._activity.deadline_changed()
+            self._failpoints.reach("sleep.started")
             while (left := wait.deadline_ms - now_ms()) > 0:
                 await self._wait_turn(call, wait, left / 1000, ask)
 
@@ -397,6 +409,7 @@ class Context:
                 if self._activity.claim_offer(wait):  # re-checked under the gate
                     response = await self._core(ask(True))
                     if response.hibernate:
+                        self._failpoints.reach("hibernate.recorded")
                         log.info("instance %s hibernates", self.instance_id)
                         await self.end(ExitCode.SUSPENDED)  # holding the gate: no step starts now
                     self._note(response.pending_signal)
@@ -448,28 +461,35 @@ class Context:
 
         def ask(may_hibernate: bool) -> Awaitable[Any]:
             left = None if deadline is None else max(0, deadline - now_ms())
-            return self._client.wait_signal(name, call.checkpoint_id, left, may_hibernate=may_hibernate)
+            return self._client.wait_signal(
+                name, call.checkpoint_id, left, may_hibernate=may_hibernate, deadline_ms=deadline
+            )
 
         def overdue() -> bool:
             return deadline is not None and now_ms() >= deadline
 
         with self._activity.waiting(Wait(CallKind.SIGNAL, deadline)) as wait:
-            # Past the deadline a wait times out, whatever arrives later (also on a late relaunch).
-            response = None if overdue() else await self._ask_maybe_hibernating(wait, ask)
+            # Past the deadline a wait still gets a signal queued by then (a relaunch may come
+            # late; core filters by the deadline), else it times out, whatever arrives later.
+            if overdue():
+                response = await self._core(ask(False))
+                self._note(response.pending_signal)
+            else:
+                response = await self._ask_maybe_hibernating(wait, ask)
             while True:
                 if response is not None:
                     if response.found:
+                        self._failpoints.reach("signal.consumed")
                         return self._delivered(call, response.payload or b"")
                     if response.timed_out:
                         raise SignalTimeout(f"no {name!r} signal before the wait's timeout (recorded)")
                 if overdue():
                     return await self._time_out(call)
+                self._failpoints.reach("signal.waiting")
                 arrived.clear()
                 left = None if deadline is None else deadline - now_ms()
                 turn = self._poll_s if left is None else min(self._poll_s, left / 1000)
                 declined = await self._wait_turn(call, wait, turn, ask, arrived)
-                if declined is None and overdue():
-                    return await self._time_out(call)
                 response = declined if declined is not None else await self._core(ask(False))
                 self._note(response.pending_signal)
 

@@ -23,6 +23,7 @@ from runtara_sdk.client import InstanceClient
 from runtara_sdk.context import Context, exit_code_from_status
 from runtara_sdk.errors import Cancelled, ImageLoadError, LaunchEnded, SerializationError
 from runtara_sdk.exit_codes import ExitCode
+from runtara_sdk.failpoints import Failpoints
 from runtara_sdk.image_loader import load_entrypoint
 from runtara_sdk.instance_signals import InstanceSignals
 from runtara_sdk.settings import InstanceSettings
@@ -101,7 +102,12 @@ async def _run_registered(
         workflow_input = coerce_input(entry, serialization.from_json(client.registration.input, "the instance input"))
     except (ValueError, SerializationError) as error:
         return await _fail(client, error)
-    context = Context(client, signals, signal_wait_poll_s=settings.signal_wait_poll_s)
+    context = Context(
+        client,
+        signals,
+        signal_wait_poll_s=settings.signal_wait_poll_s,
+        failpoints=Failpoints.for_launch(settings.failpoints, settings.attempt),
+    )
     heartbeat = detached(_heartbeat(client, signals, settings.heartbeat_interval_s))
     workflow_task = context.start(guarded(entry), workflow_input)
     try:

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtara_core.config import parse_host_port
+from runtara_sdk.failpoints import parse_failpoints
 
 
 class InstanceSettings(BaseSettings):
@@ -38,6 +39,14 @@ class InstanceSettings(BaseSettings):
     """How long an operation keeps retrying through lost connections before the launch gives up."""
     signal_wait_poll_s: float = Field(default=1.0, gt=0)
     """While a signal wait runs in-process, how often it asks the core in case a push was lost."""
+    failpoints: str = ""
+    """Chaos testing only: where this process SIGKILLs itself (``runtara_sdk.failpoints``)."""
+
+    @field_validator("failpoints")
+    @classmethod
+    def _valid_failpoints(cls, value: str) -> str:
+        parse_failpoints(value)  # a typo in a chaos plan fails the launch loudly, not silently
+        return value
 
     @field_validator("server_addr")
     @classmethod

@@ -303,7 +303,11 @@ class InstanceService:
         binding = active(session)
         for _ in range(WAIT_ROUNDS):
             consumed = await self._db.consume_custom_signal(
-                binding.instance_id, request.name, request.checkpoint_id, attempt=binding.attempt
+                binding.instance_id,
+                request.name,
+                request.checkpoint_id,
+                attempt=binding.attempt,
+                queued_by_ms=request.deadline_ms,
             )
             if consumed.found:
                 if consumed.replayed and consumed.payload == TIMEOUT_STATE:

@@ -339,9 +339,19 @@ class Persistence(ABC):
 
     @abstractmethod
     async def consume_custom_signal(
-        self, instance_id: str, name: str, checkpoint_id: str, *, attempt: int | None = None
+        self,
+        instance_id: str,
+        name: str,
+        checkpoint_id: str,
+        *,
+        attempt: int | None = None,
+        queued_by_ms: int | None = None,
     ) -> CustomSignalConsumed:
         """Exactly-once delivery: take the oldest queued ``name`` and save it as the checkpoint.
+
+        With ``queued_by_ms`` (a wait's deadline) only a signal queued by then counts: whether
+        a wait got its signal depends on when the signal came, not on when a launch, perhaps
+        relaunched after a crash, got round to asking.
 
         In one transaction: if the checkpoint exists its state is returned (replayed=True) and
         nothing is consumed; else the oldest unconsumed signal is marked consumed and its payload

@@ -695,7 +695,13 @@ class PostgresPersistence(Persistence):
         )
 
     async def consume_custom_signal(
-        self, instance_id: str, name: str, checkpoint_id: str, *, attempt: int | None = None
+        self,
+        instance_id: str,
+        name: str,
+        checkpoint_id: str,
+        *,
+        attempt: int | None = None,
+        queued_by_ms: int | None = None,
     ) -> CustomSignalConsumed:
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
@@ -717,6 +723,7 @@ class PostgresPersistence(Persistence):
                 WITH oldest AS (
                     SELECT id FROM custom_signals
                     WHERE instance_id = $1 AND name = $2 AND consumed_at_ms IS NULL
+                    AND ($5::bigint IS NULL OR created_at_ms <= $5::bigint)
                     ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
                 ), taken AS (
                     UPDATE custom_signals c
@@ -737,6 +744,7 @@ class PostgresPersistence(Persistence):
                 name,
                 checkpoint_id,
                 now,
+                queued_by_ms,
             )
         if payload is None:
             return CustomSignalConsumed(found=False, payload=None, replayed=False)

@@ -860,7 +860,13 @@ class SqlitePersistence(Persistence):
         return await self._write(tx)
 
     async def consume_custom_signal(
-        self, instance_id: str, name: str, checkpoint_id: str, *, attempt: int | None = None
+        self,
+        instance_id: str,
+        name: str,
+        checkpoint_id: str,
+        *,
+        attempt: int | None = None,
+        queued_by_ms: int | None = None,
     ) -> CustomSignalConsumed:
         now = self._clock()
 
@@ -874,9 +880,11 @@ class SqlitePersistence(Persistence):
             oldest = _one(
                 conn,
                 "SELECT id, payload FROM custom_signals WHERE instance_id = ? AND name = ? "
-                "AND consumed_at_ms IS NULL ORDER BY id LIMIT 1",
+                "AND consumed_at_ms IS NULL AND (? IS NULL OR created_at_ms <= ?) ORDER BY id LIMIT 1",
                 instance_id,
                 name,
+                queued_by_ms,
+                queued_by_ms,
             )
             if oldest is None:
                 return CustomSignalConsumed(found=False, payload=None, replayed=False)

@@ -25,11 +25,10 @@ from pydantic import (
     model_validator,
 )
 
-from runtara_core.wire.messages import Identifier, Message, Request, SignalName
+from runtara_core.wire.messages import INT64_MAX, EpochMs, Identifier, Message, Request, SignalName
 
 # --- shared field types --------------------------------------------------------------------
 
-INT64_MAX = 2**63 - 1
 
 StatusName = Literal["pending", "running", "suspended", "completed", "failed", "cancelled"]
 """The six instance statuses (DESIGN section 5); the last three are terminal."""
@@ -37,7 +36,6 @@ StatusName = Literal["pending", "running", "suspended", "completed", "failed", "
 InstanceOrderName = Literal["created_at", "-created_at", "finished_at", "-finished_at"]
 """A leading ``-`` means descending."""
 
-EpochMs = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Limit = Annotated[int, Field(ge=1, le=1000)]
 Offset = Annotated[int, Field(ge=0, le=INT64_MAX)]
 EventId = Annotated[int, Field(ge=0, le=INT64_MAX)]
@@ -49,7 +47,11 @@ MAX_TIMEOUT_S = 100 * 365 * 24 * 3600
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+=-]*")
 RESERVED_ENV_PREFIX = "RUNTARA_"
+START_ENV_OPTIONS = frozenset({"RUNTARA_LOG_LEVEL", "RUNTARA_FAILPOINTS"})
+"""The RUNTARA_ names a start's env may set: they tune only that instance's own SDK (its log
+level; where a chaos test makes it SIGKILL itself), never what the runtime tells it."""
 
 
 def _sha256(value: str) -> str:
@@ -70,13 +72,23 @@ def _entrypoint(value: str) -> str:
     return value
 
 
+def _instance_id(value: str) -> str:
+    # It names the instance's run directory: one safe path component, never "..", "/x" or "a/b".
+    if not _INSTANCE_ID.fullmatch(value):
+        raise ValueError(
+            f"instance id {value[:64]!r} must start with a letter, digit or '_' and hold only "
+            "letters, digits and . _ : @ + = -"
+        )
+    return value
+
+
 def _env_name(value: str) -> str:
     if not _ENV_NAME.fullmatch(value):
         raise ValueError(f"env name {value[:64]!r} must match [A-Za-z_][A-Za-z0-9_]*")
-    if value.upper().startswith(RESERVED_ENV_PREFIX):
+    if value.upper().startswith(RESERVED_ENV_PREFIX) and value not in START_ENV_OPTIONS:
         raise ValueError(
             f"env name {value[:64]!r} is reserved: names starting with RUNTARA_ are set by "
-            "the runtime"
+            f"the runtime (a start may set only {', '.join(sorted(START_ENV_OPTIONS))})"
         )
     return value
 
@@ -94,6 +106,7 @@ def _filename(value: str) -> str:
 
 
 Sha256Hex = Annotated[str, AfterValidator(_sha256)]
+InstanceId = Annotated[Identifier, AfterValidator(_instance_id)]
 Entrypoint = Annotated[str, Field(min_length=3, max_length=512), AfterValidator(_entrypoint)]
 EnvName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_env_name)]
 EnvValue = Annotated[str, Field(max_length=32 * 1024), AfterValidator(_env_value)]
@@ -173,7 +186,7 @@ class StartInstanceRequest(Request):
     image: ImageRef
     tenant: Identifier | None = None
     input: JsonValue = None
-    instance_id: Identifier | None = None
+    instance_id: InstanceId | None = None
     """Idempotency key: starting an existing id returns that instance, never a duplicate."""
     timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)] | None = None
     """Running-time limit; None = the configured default."""
@@ -185,32 +198,32 @@ class StartInstanceRequest(Request):
 
 class StopInstanceRequest(Request):
     op = "stop_instance"
-    instance_id: Identifier
+    instance_id: InstanceId
     grace_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 10.0
     """Seconds between SIGTERM and SIGKILL."""
 
 
 class ResumeInstanceRequest(Request):
     op = "resume_instance"
-    instance_id: Identifier
+    instance_id: InstanceId
 
 
 class SendSignalRequest(Request):
     op = "send_signal"
-    instance_id: Identifier
+    instance_id: InstanceId
     signal: SignalName
 
 
 class SendCustomSignalRequest(Request):
     op = "send_custom_signal"
-    instance_id: Identifier
+    instance_id: InstanceId
     name: Identifier
     payload: JsonValue = None
 
 
 class GetInstanceRequest(Request):
     op = "get_instance"
-    instance_id: Identifier
+    instance_id: InstanceId
 
 
 class ListInstancesRequest(Request):
@@ -242,7 +255,7 @@ class ListInstancesRequest(Request):
 
 class ListCheckpointsRequest(Request):
     op = "list_checkpoints"
-    instance_id: Identifier
+    instance_id: InstanceId
     limit: Limit = DEFAULT_LIMIT
     offset: Offset = 0
     with_state: bool = False
@@ -250,13 +263,13 @@ class ListCheckpointsRequest(Request):
 
 class GetCheckpointRequest(Request):
     op = "get_checkpoint"
-    instance_id: Identifier
+    instance_id: InstanceId
     checkpoint_id: Identifier
 
 
 class ListEventsRequest(Request):
     op = "list_events"
-    instance_id: Identifier
+    instance_id: InstanceId
     after_id: EventId = 0
     """Only events with a larger id (a cursor: pass the last id seen)."""
     limit: Limit = DEFAULT_LIMIT
@@ -266,7 +279,7 @@ class WatchRequest(Request):
     """Server-streamed: the response is a sequence of ``WatchFrame``s."""
 
     op = "watch"
-    instance_id: Identifier | None = None
+    instance_id: InstanceId | None = None
     """None = every event of the tenant (of every tenant, or ``tenant``, for an admin)."""
     tenant: Identifier | None = None
     after_id: EventId = 0

@@ -29,6 +29,9 @@ MAX_DURATION_MS = 100 * 365 * 24 * 3600 * 1000
 
 Identifier = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_storable_id)]
 DurationMs = Annotated[int, Field(ge=0, le=MAX_DURATION_MS)]
+INT64_MAX = 2**63 - 1
+EpochMs = Annotated[int, Field(ge=0, le=INT64_MAX)]
+"""A point in time, Unix epoch milliseconds."""
 SignalName = Literal["cancel", "pause", "resume"]
 EventKind = Literal["heartbeat", "completed", "failed", "suspended", "custom"]
 
@@ -121,6 +124,9 @@ class WaitSignalRequest(Request):
     timeout_ms: DurationMs | None = None
     may_hibernate: bool = True
     """False: never hibernate on this call (another branch of the workflow is busy)."""
+    deadline_ms: EpochMs | None = None
+    """The wait's stored deadline: only a signal queued by then is taken, so a launch that
+    asks late (relaunched after a crash) gets what it would have got in time."""
 
 
 class PollSignalsRequest(Request):

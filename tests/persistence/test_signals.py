@@ -346,6 +346,27 @@ async def test_consume_replay_returns_the_checkpoint_and_consumes_nothing(
     assert [s.payload for s in queued] == [b"second"]
 
 
+async def test_a_wait_past_its_deadline_takes_only_a_signal_queued_by_then(
+    persistence: Persistence, make_instance: MakeInstance, clock: FakeClock
+) -> None:
+    """A launch relaunched after its wait's deadline must see what an uninterrupted one saw
+    (chaos: a crash turned an approval sent in time into a timeout)."""
+    row = await make_instance(status=RUNNING)
+    deadline = clock()
+    await persistence.enqueue_custom_signal(row.instance_id, "approval", b"in time")
+    clock.advance(10)
+    await persistence.enqueue_custom_signal(row.instance_id, "approval", b"too late")
+    clock.advance(5_000)
+
+    first = await persistence.consume_custom_signal(row.instance_id, "approval", "wait-1", queued_by_ms=deadline)
+    second = await persistence.consume_custom_signal(row.instance_id, "approval", "wait-2", queued_by_ms=deadline)
+
+    assert (first.found, first.payload) == (True, b"in time")
+    assert (second.found, second.payload) == (False, None)
+    assert await persistence.get_checkpoint(row.instance_id, "wait-2") is None
+    assert [s.payload for s in await persistence.list_custom_signals(row.instance_id)] == [b"too late"]
+
+
 async def test_consume_with_nothing_queued_changes_nothing(
     persistence: Persistence, make_instance: MakeInstance
 ) -> None:

@@ -194,6 +194,31 @@ def test_reserved_env_message_says_why():
         validate_message(MANAGEMENT_REQUESTS["start_instance"], fields, "start_instance")
 
 
+def test_a_start_may_set_only_the_instance_own_sdk_options():
+    fields = {**VALID["start_instance"], "env": {"RUNTARA_FAILPOINTS": "step.after_body#1@1", "RUNTARA_LOG_LEVEL": "DEBUG"}}
+    request = validate_message(MANAGEMENT_REQUESTS["start_instance"], fields, "start_instance")
+    assert dict(request.env) == fields["env"]
+    for name in ("RUNTARA_INSTANCE_ID", "RUNTARA_TLS_INSECURE", "runtara_failpoints"):
+        with pytest.raises(BadRequest, match="may set only RUNTARA_FAILPOINTS, RUNTARA_LOG_LEVEL"):
+            validate_message(MANAGEMENT_REQUESTS["start_instance"], {**fields, "env": {name: "x"}}, "start_instance")
+
+
+@pytest.mark.parametrize("instance_id", ["../../etc", "a/b", "/abs", ".hidden", "..", "a b", "x\\y", "-flag"])
+def test_an_instance_id_that_cannot_name_a_run_directory_is_refused(instance_id: str) -> None:
+    """It becomes ``runs/<id>/``: found by the chaos work's run-directory retention, "../x"
+    made a launch write its logs outside the data directory."""
+    for op in ("start_instance", "get_instance", "stop_instance"):
+        fields = {**VALID[op], "instance_id": instance_id}
+        with pytest.raises(BadRequest, match="must start with a letter, digit or '_'"):
+            validate_message(MANAGEMENT_REQUESTS[op], fields, op)
+
+
+@pytest.mark.parametrize("instance_id", ["order-1", "user:42", "k101-24", "a.b_c@d+e=f", "_x", "9"])
+def test_ordinary_instance_ids_pass(instance_id: str) -> None:
+    request = validate_message(MANAGEMENT_REQUESTS["start_instance"], {**VALID["start_instance"], "instance_id": instance_id}, "start_instance")
+    assert request.instance_id == instance_id
+
+
 def test_entrypoint_message_says_the_expected_form():
     fields = {**VALID["register_image"], "entrypoint": "billing"}
     with pytest.raises(BadRequest, match="module:function"):

@@ -8,7 +8,10 @@ VALID = {
     "checkpoint": {"checkpoint_id": "step-1", "state": b"\x01"},
     "get_checkpoint": {"checkpoint_id": "step-1"},
     "sleep": {"checkpoint_id": "nap", "duration_ms": 1000, "state": b"", "may_hibernate": True},
-    "wait_signal": {"name": "approval", "checkpoint_id": "wait-1", "timeout_ms": 5000, "may_hibernate": False},
+    "wait_signal": {
+        "name": "approval", "checkpoint_id": "wait-1", "timeout_ms": 5000, "may_hibernate": False,
+        "deadline_ms": 1_800_000_000_000,
+    },
     "poll_signals": {},
     "ack_signal": {"signal_type": "cancel"},
     "event": {"type": "custom", "payload": b"{}", "subtype": "progress"},
