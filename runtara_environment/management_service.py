@@ -42,7 +42,7 @@ from runtara_core.wire import management_messages as m
 from runtara_core.wire.dispatch import RequestBody, ResponseStream, Route, routes
 from runtara_environment.image_registry import ImageRegistry, ImageUpload
 from runtara_environment.management_tokens import ManagementTokens, Principal
-from runtara_environment.process_runner import run_dir_entry
+from runtara_environment.process_runner import run_dir_of
 from runtara_environment.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -424,8 +424,8 @@ class ManagementService:
         if not row.is_terminal or row.pid is None or row.node_id not in (None, self._supervisor.node_id):
             return False
         try:
-            return not run_dir_entry(self._supervisor.runs_dir, row.instance_id).exists()
-        except (OSError, BadRequest):
+            return not run_dir_of(self._supervisor.runs_dir, row.instance_id).exists()
+        except OSError:
             return False
 
     async def list_instances(self, request: m.ListInstancesRequest, session: Session) -> m.InstancePage:

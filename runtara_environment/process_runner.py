@@ -19,6 +19,7 @@ its pidfd still says when it ends, and its metrics are the last ones sampled fro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import resource
@@ -32,8 +33,8 @@ from pathlib import Path
 
 import psutil
 
-from runtara_core.errors import BadRequest
 from runtara_core.persistence.rows import ProcessExit
+from runtara_core.wire.management_messages import INSTANCE_ID_PATTERN
 from runtara_environment.fork_launcher import LAUNCHER_MODULE, ForkLauncher, LauncherUnavailable
 from runtara_environment.fork_messages import ForkRequest
 
@@ -267,13 +268,17 @@ def _apply_limits(pid: int, limits: ResourceLimits) -> None:
         resource.prlimit(pid, resource.RLIMIT_CPU, (limits.cpu_time_s, limits.cpu_time_s))
 
 
-def run_dir_entry(runs_dir: Path, name: str) -> Path:
-    """``runs_dir / name`` when ``name`` is one path component; BadRequest otherwise (a launch
-    of it fails with that reason). Instance ids are checked at the API; this keeps any other
-    (an old row, a bug) from pointing a launch or a deletion outside ``runs/``."""
-    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name) or "\0" in name:
-        raise BadRequest(f"{name[:64]!r} cannot name a run directory: it must be a single path component")
-    return runs_dir / name
+HASHED_RUN_DIR_PREFIX = "_id-"
+"""Run directories of ids that are not one safe path component are named by the id's hash."""
+
+
+def run_dir_of(runs_dir: Path, instance_id: str) -> Path:
+    """An instance's run directory: ``runs/<instance id>``. New ids are single safe path
+    components (``INSTANCE_ID_PATTERN``); an id made before that rule (``a/b``, ``..``) gets
+    ``runs/_id-<sha256>``, so no id can point a launch or a deletion outside ``runs/``."""
+    if INSTANCE_ID_PATTERN.fullmatch(instance_id) and len(instance_id.encode()) <= 255:
+        return runs_dir / instance_id
+    return runs_dir / (HASHED_RUN_DIR_PREFIX + hashlib.sha256(instance_id.encode()).hexdigest()[:40])
 
 
 def prepare_run_dir(spec: LaunchSpec, how: str) -> None:

@@ -11,9 +11,9 @@ per instance forever. Rules (``RUNTARA_RUN_RETENTION_S``, default 7 days; 0 = at
   retention ago. Pending, running and suspended instances keep theirs: a suspended one is
   relaunched into it. A failed instance may be resumed later: its relaunch simply creates a new
   directory (``process_runner.prepare_run_dir``).
-- An entry no instance row names (a deleted row, garbage) goes after the same time. (Ids are
-  free text: one with a slash has its directory nested under its first part, which a live
-  launch of it keeps; a suspended one does not, see ``entry_names``.)
+- An entry no instance row names (a deleted row, garbage) goes after the same time; except the
+  hash-named directories of ids made before ids had to be path components
+  (``process_runner.run_dir_of``), which are kept: whose they are cannot be told.
 - Nothing outside ``runs/`` is touched and no symlink is followed: a symlink in ``runs/`` is
   unlinked itself, and a directory is removed with ``shutil.rmtree`` (which does not follow the
   symlinks inside it).
@@ -48,7 +48,7 @@ from runtara_core.errors import BadRequest
 from runtara_core.persistence import Persistence
 from runtara_core.persistence.rows import InstanceStatusRow, check_id
 from runtara_core.persistence.rules import Clock
-from runtara_environment.process_runner import run_dir_entry
+from runtara_environment.process_runner import HASHED_RUN_DIR_PREFIX, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,8 @@ def could_be_instance_id(name: str) -> bool:
 
 
 def entry_names(instance_ids: Iterable[str]) -> set[str]:
-    """The entries of ``runs/`` these instances' run directories are in. An id with a slash
-    (ids are free text) has its directory nested under its first part: that entry is in use."""
-    return {name for i in instance_ids for name in (i, i.split("/", 1)[0])}
+    """The entries of ``runs/`` these instances' run directories are (``run_dir_of``)."""
+    return {run_dir_of(Path(), i).name for i in instance_ids}
 
 
 def worth_looking_up(
@@ -149,6 +148,8 @@ def choose_removals(
             continue
         row = rows.get(entry.name)
         if row is None:
+            if entry.name.startswith(HASHED_RUN_DIR_PREFIX):
+                continue  # an old id's directory, named by its hash: whose it is cannot be told
             if entry.name.startswith(RETIRED_PREFIX):
                 chosen.append(Removal(entry, Why.RETIRED))
             elif entry.mtime_ms <= cutoff:
@@ -188,11 +189,18 @@ def scan_runs_dir(runs_dir: Path) -> list[RunEntry]:
     return entries
 
 
+def _inside(runs_dir: Path, name: str) -> Path:
+    """``runs_dir / name`` for a single path component; refuses anything else."""
+    if not name or name in (".", "..") or os.sep in name or (os.altsep and os.altsep in name):
+        raise ValueError(f"not an entry of the runs directory: {name!r}")
+    return runs_dir / name
+
+
 def retire(runs_dir: Path, name: str) -> Path:
     """Rename an entry to a fresh ``.retired-*`` name beside it (atomic; a symlink is renamed,
     not followed). Raises OSError (FileNotFoundError if it is gone already)."""
-    target = run_dir_entry(runs_dir, RETIRED_PREFIX + secrets.token_hex(8))
-    os.rename(run_dir_entry(runs_dir, name), target)
+    target = _inside(runs_dir, RETIRED_PREFIX + secrets.token_hex(8))
+    os.rename(_inside(runs_dir, name), target)
     return target
 
 
@@ -358,7 +366,7 @@ class RunRetention:
             if removal.entry.name in in_use:
                 continue
             if removal.why is Why.RETIRED:
-                path = run_dir_entry(self.runs_dir, removal.entry.name)  # already out of every launch's way
+                path = _inside(self.runs_dir, removal.entry.name)  # already out of every launch's way
             else:
                 try:
                     path = retire(self.runs_dir, removal.entry.name)

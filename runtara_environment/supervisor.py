@@ -58,7 +58,7 @@ from runtara_environment.process_runner import (
     adopt,
     read_tail,
     reap_orphans,
-    run_dir_entry,
+    run_dir_of,
 )
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class Supervisor:
                     row.launch_id if row.status is InstanceStatus.RUNNING else None,
                     row.pid,
                     row.pid_create_time,
-                    run_dir=run_dir_entry(self.runs_dir, row.instance_id),
+                    run_dir=run_dir_of(self.runs_dir, row.instance_id),
                     stderr_tail_bytes=self._settings.stderr_tail_bytes,
                 )
             if process is not None:
@@ -195,7 +195,7 @@ class Supervisor:
             log.info("restart recovery: adopted %d live instance process(es), %d crashed while we were down", adopted, crashed)
 
     def _lost_exit(self, instance_id: str) -> ProcessExit:
-        tail = read_tail(run_dir_entry(self.runs_dir, instance_id) / "stderr.log", self._settings.stderr_tail_bytes)
+        tail = read_tail(run_dir_of(self.runs_dir, instance_id) / "stderr.log", self._settings.stderr_tail_bytes)
         return ProcessExit(exit_code=None, stderr_tail=tail)
 
     # ------------------------------------------------------------------ launching
@@ -280,7 +280,7 @@ class Supervisor:
             tls_insecure=self._core.tls_insecure,
             image_path=location.path,
             image_entrypoint=location.entrypoint,
-            run_dir=run_dir_entry(self.runs_dir, row.instance_id),
+            run_dir=run_dir_of(self.runs_dir, row.instance_id),
             env=dict(row.env),
             heartbeat_interval_s=settings.instance_heartbeat_interval_s
             or max(0.1, settings.heartbeat_timeout_ms / 3000),

@@ -47,7 +47,9 @@ MAX_TIMEOUT_S = 100 * 365 * 24 * 3600
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_INSTANCE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+=-]*")
+INSTANCE_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+=-]*")
+"""What a new instance id may look like: it names the instance's run directory, so it must be one
+safe path component. Ids made before this rule still address their instances."""
 RESERVED_ENV_PREFIX = "RUNTARA_"
 START_ENV_OPTIONS = frozenset({"RUNTARA_LOG_LEVEL", "RUNTARA_FAILPOINTS"})
 """The RUNTARA_ names a start's env may set: they tune only that instance's own SDK (its log
@@ -73,8 +75,7 @@ def _entrypoint(value: str) -> str:
 
 
 def _instance_id(value: str) -> str:
-    # It names the instance's run directory: one safe path component, never "..", "/x" or "a/b".
-    if not _INSTANCE_ID.fullmatch(value):
+    if not INSTANCE_ID_PATTERN.fullmatch(value):
         raise ValueError(
             f"instance id {value[:64]!r} must start with a letter, digit or '_' and hold only "
             "letters, digits and . _ : @ + = -"
@@ -106,7 +107,7 @@ def _filename(value: str) -> str:
 
 
 Sha256Hex = Annotated[str, AfterValidator(_sha256)]
-InstanceId = Annotated[Identifier, AfterValidator(_instance_id)]
+NewInstanceId = Annotated[Identifier, AfterValidator(_instance_id)]
 Entrypoint = Annotated[str, Field(min_length=3, max_length=512), AfterValidator(_entrypoint)]
 EnvName = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_env_name)]
 EnvValue = Annotated[str, Field(max_length=32 * 1024), AfterValidator(_env_value)]
@@ -186,7 +187,7 @@ class StartInstanceRequest(Request):
     image: ImageRef
     tenant: Identifier | None = None
     input: JsonValue = None
-    instance_id: InstanceId | None = None
+    instance_id: NewInstanceId | None = None
     """Idempotency key: starting an existing id returns that instance, never a duplicate."""
     timeout_s: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)] | None = None
     """Running-time limit; None = the configured default."""
@@ -198,32 +199,32 @@ class StartInstanceRequest(Request):
 
 class StopInstanceRequest(Request):
     op = "stop_instance"
-    instance_id: InstanceId
+    instance_id: Identifier
     grace_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] = 10.0
     """Seconds between SIGTERM and SIGKILL."""
 
 
 class ResumeInstanceRequest(Request):
     op = "resume_instance"
-    instance_id: InstanceId
+    instance_id: Identifier
 
 
 class SendSignalRequest(Request):
     op = "send_signal"
-    instance_id: InstanceId
+    instance_id: Identifier
     signal: SignalName
 
 
 class SendCustomSignalRequest(Request):
     op = "send_custom_signal"
-    instance_id: InstanceId
+    instance_id: Identifier
     name: Identifier
     payload: JsonValue = None
 
 
 class GetInstanceRequest(Request):
     op = "get_instance"
-    instance_id: InstanceId
+    instance_id: Identifier
 
 
 class ListInstancesRequest(Request):
@@ -255,7 +256,7 @@ class ListInstancesRequest(Request):
 
 class ListCheckpointsRequest(Request):
     op = "list_checkpoints"
-    instance_id: InstanceId
+    instance_id: Identifier
     limit: Limit = DEFAULT_LIMIT
     offset: Offset = 0
     with_state: bool = False
@@ -263,13 +264,13 @@ class ListCheckpointsRequest(Request):
 
 class GetCheckpointRequest(Request):
     op = "get_checkpoint"
-    instance_id: InstanceId
+    instance_id: Identifier
     checkpoint_id: Identifier
 
 
 class ListEventsRequest(Request):
     op = "list_events"
-    instance_id: InstanceId
+    instance_id: Identifier
     after_id: EventId = 0
     """Only events with a larger id (a cursor: pass the last id seen)."""
     limit: Limit = DEFAULT_LIMIT
@@ -279,7 +280,7 @@ class WatchRequest(Request):
     """Server-streamed: the response is a sequence of ``WatchFrame``s."""
 
     op = "watch"
-    instance_id: InstanceId | None = None
+    instance_id: Identifier | None = None
     """None = every event of the tenant (of every tenant, or ``tenant``, for an admin)."""
     tenant: Identifier | None = None
     after_id: EventId = 0

@@ -17,6 +17,7 @@ from runtara_core.errors import ConfigError
 from runtara_core.persistence.rows import InstanceStatus, InstanceStatusRow
 from runtara_environment.client import ManagementClient
 from runtara_environment.ctl_render import RUN_DIR_REMOVED_NOTE, render_logs
+from runtara_environment.process_runner import HASHED_RUN_DIR_PREFIX, run_dir_of
 from runtara_environment.run_retention import (
     RETIRED_PREFIX,
     EntryKind,
@@ -137,9 +138,12 @@ def test_a_terminal_row_without_a_finish_time_falls_back_to_the_mtime() -> None:
     assert decide([RunEntry("i", OLD)], [row("i", "failed", None)]) == {"i": Why.FINISHED}
 
 
-def test_an_id_with_a_slash_keeps_the_entry_it_is_nested_in() -> None:
-    assert entry_names(["plain", "team/job-1"]) == {"plain", "team/job-1", "team"}
-    assert decide([RunEntry("team", OLD)], [], busy=entry_names(["team/job-1"])) == {}
+def test_an_old_id_that_is_no_path_component_has_a_hash_named_directory_that_is_kept() -> None:
+    hashed = run_dir_of(Path("/runs"), "team/job-1")
+    assert hashed.parent == Path("/runs") and hashed.name.startswith(HASHED_RUN_DIR_PREFIX)
+    assert run_dir_of(Path("/runs"), "..") != Path("/runs/..") and run_dir_of(Path("/runs"), "ok-1") == Path("/runs/ok-1")
+    assert entry_names(["plain", "team/job-1"]) == {"plain", hashed.name}
+    assert decide([RunEntry(hashed.name, OLD)], []) == {}
 
 
 def test_names_no_instance_could_have() -> None:

@@ -206,11 +206,14 @@ def test_a_start_may_set_only_the_instance_own_sdk_options():
 @pytest.mark.parametrize("instance_id", ["../../etc", "a/b", "/abs", ".hidden", "..", "a b", "x\\y", "-flag"])
 def test_an_instance_id_that_cannot_name_a_run_directory_is_refused(instance_id: str) -> None:
     """It becomes ``runs/<id>/``: found by the chaos work's run-directory retention, "../x"
-    made a launch write its logs outside the data directory."""
-    for op in ("start_instance", "get_instance", "stop_instance"):
-        fields = {**VALID[op], "instance_id": instance_id}
-        with pytest.raises(BadRequest, match="must start with a letter, digit or '_'"):
-            validate_message(MANAGEMENT_REQUESTS[op], fields, op)
+    made a launch write its logs outside the data directory. Ids made before the rule still
+    address their instances (``process_runner.run_dir_of`` gives them a hash-named directory)."""
+    fields = {**VALID["start_instance"], "instance_id": instance_id}
+    with pytest.raises(BadRequest, match="must start with a letter, digit or '_'"):
+        validate_message(MANAGEMENT_REQUESTS["start_instance"], fields, "start_instance")
+    for op in ("get_instance", "stop_instance", "send_signal"):
+        request = validate_message(MANAGEMENT_REQUESTS[op], {**VALID[op], "instance_id": instance_id}, op)
+        assert request.instance_id == instance_id
 
 
 @pytest.mark.parametrize("instance_id", ["order-1", "user:42", "k101-24", "a.b_c@d+e=f", "_x", "9"])
