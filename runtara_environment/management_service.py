@@ -10,6 +10,7 @@ their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -336,9 +337,20 @@ class ManagementService:
         except InvalidState:
             pass  # running: the process must be stopped
         if not self._supervisor.stop_launch(row.instance_id, request.grace_s):
-            # Running without a process here (launched by another node): ask it to cancel.
+            # Running without a process here (launched by another node, or its launch is
+            # exiting): ask it to cancel.
             await self._put_signal(row.instance_id, SignalType.CANCEL)
+            await self._cancel_if_hibernated(row.instance_id, TerminationReason.STOPPED)
         return status_message(await self._instance(session, request.instance_id))
+
+    async def _cancel_if_hibernated(self, instance_id: str, reason: TerminationReason) -> None:
+        """After a cancel signal was stored for a running instance: if the launch hibernated or
+        paused in between (and its exit was handled before the signal was there to see), nobody
+        would act on the signal until a wake, possibly never. Cancel it at once, as for any
+        suspended instance."""
+        with contextlib.suppress(InvalidState):
+            await self._cancel_at_once(instance_id, reason)
+            await self._db.ack_signal(instance_id, SignalType.CANCEL)
 
     async def _cancel_at_once(self, instance_id: str, reason: TerminationReason) -> InstanceRow:
         """Cancel an instance that has no running launch; InvalidState if it is running."""
@@ -361,6 +373,10 @@ class ManagementService:
             raise InvalidState(f"instance {row.instance_id!r} is {row.status.value}: it takes no more signals")
         if signal_type is SignalType.RESUME and row.status is InstanceStatus.SUSPENDED:
             return await self._resume(row, session)
+        if signal_type is SignalType.PAUSE and row.termination_reason is TerminationReason.PAUSED:
+            # Already paused: nothing to do. Stored, this pause would outlive the next resume and
+            # pause the relaunched instance again at once (a retried pause undid the resume).
+            return status_message(row)
         if signal_type is SignalType.CANCEL:
             try:
                 return status_message(await self._cancel_at_once(row.instance_id, TerminationReason.CANCELLED))
@@ -368,6 +384,8 @@ class ManagementService:
                 pass  # it is running: it must act on the signal itself
         await self._put_signal(row.instance_id, signal_type)
         await self._db.append_event(row.instance_id, NewEvent(EventType.SIGNAL, subtype=signal_type.value))
+        if signal_type is SignalType.CANCEL:
+            await self._cancel_if_hibernated(row.instance_id, TerminationReason.CANCELLED)
         return status_message(await self._instance(session, row.instance_id))
 
     async def send_custom_signal(

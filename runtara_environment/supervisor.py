@@ -251,16 +251,24 @@ class Supervisor:
                 await self._handle_exit(instance_id, row.attempt, None, failed, kill)
                 return
             self._supervise(process, row)
-            try:
-                await self._db.record_process(instance_id, process.pid, process.create_time)
-                await self._db.append_event(
-                    instance_id,
-                    NewEvent(EventType.LAUNCHED, subtype=f"attempt {row.attempt}", payload=str(process.pid).encode()),
-                )
-            except RuntaraError as error:
-                log.warning("could not record the launch of %s: %s", instance_id, error)
+            # A database blip here must not lose the pid: an unrecorded launch cannot be adopted
+            # after an environment restart (it would be judged crashed while it still runs).
+            # Launches are sequential, so a late retry never overwrites a newer launch's pid.
+            await self._retrying(f"recording the launch of {instance_id}", lambda: self._record_launch(process, row))
         finally:
             self._launching.discard(instance_id)
+
+    async def _record_launch(self, process: InstanceProcess, row: InstanceRow) -> None:
+        """The pid and the launched event; a refusal (the row moved on) is only logged, a
+        database error raises (``_retrying`` sends it again)."""
+        try:
+            await self._db.record_process(row.instance_id, process.pid, process.create_time)
+            await self._db.append_event(
+                row.instance_id,
+                NewEvent(EventType.LAUNCHED, subtype=f"attempt {row.attempt}", payload=str(process.pid).encode()),
+            )
+        except RuntaraError as error:
+            log.warning("could not record the launch of %s: %s", row.instance_id, error)
 
     async def _launch_spec(self, row: InstanceRow) -> LaunchSpec:
         if row.image_id is None:
@@ -355,7 +363,7 @@ class Supervisor:
         )
         if decision.verdict is Verdict.NOTHING or row is None:
             if row is not None and row.status is InstanceStatus.SUSPENDED:
-                await self._cancel_if_asked(row)
+                await self._cancel_if_asked(row, stopped=kill is KillReason.STOPPED)
             return
         payload = crash_payload(attempt, exit, kill)
         try:
@@ -401,21 +409,26 @@ class Supervisor:
         except InvalidState as error:
             log.info("instance %s moved on before its exit was handled: %s", instance_id, error)
 
-    async def _cancel_if_asked(self, row: InstanceRow) -> None:
-        """A cancel that reached the slot as the launch hibernated or paused: nobody is left
-        to acknowledge it, so it takes effect here."""
+    async def _cancel_if_asked(self, row: InstanceRow, *, stopped: bool = False) -> None:
+        """A cancel that reached the slot, or a stop that reached the process (``stopped``), as
+        the launch hibernated or paused: nobody is left to act on it, so it takes effect here.
+        (Without this a stop whose SIGTERM met a launch that had just hibernated was lost: the
+        instance slept on and completed, or waited for its signal forever.)"""
         pending = await self._db.pending_signal(row.instance_id)
-        if pending is None or pending.signal_type is not SignalType.CANCEL:
+        cancel = pending is not None and pending.signal_type is SignalType.CANCEL
+        if not (cancel or stopped):
             return
+        reason = TerminationReason.STOPPED if stopped else TerminationReason.CANCELLED
         try:
             await self._db.transition(
                 row.instance_id,
                 {InstanceStatus.SUSPENDED},
                 InstanceStatus.CANCELLED,
-                reason=TerminationReason.CANCELLED,
-                event=NewEvent(EventType.CANCELLED, subtype="cancelled"),
+                reason=reason,
+                event=NewEvent(EventType.CANCELLED, subtype=reason.value),
             )
-            await self._db.ack_signal(row.instance_id, SignalType.CANCEL)
+            if cancel:
+                await self._db.ack_signal(row.instance_id, SignalType.CANCEL)
         except InvalidState:
             pass
 
