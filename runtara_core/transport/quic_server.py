@@ -263,6 +263,7 @@ class RpcServerProtocol(RpcConnectionProtocol):
                 self._drop_deadline(event.stream_id)
             else:
                 self._abandon(event.stream_id)  # the request will never arrive in full
+                self._reset_sending(event.stream_id)  # nor will an answer leave
         elif isinstance(event, events.StopSendingReceived):
             # The client no longer wants the answer; ignore the rest of a request still arriving.
             body = self._bodies.get(event.stream_id)
@@ -581,6 +582,21 @@ class RpcServerProtocol(RpcConnectionProtocol):
         task = self._tasks.pop(stream_id, None)
         if task is not None:
             task.cancel()
+
+    def _reset_sending(self, stream_id: int) -> None:
+        """End our half of a request stream the client reset before its request arrived.
+
+        Nothing will ever be sent on it, and a bidirectional stream only closes (giving the
+        client its stream credit back) once both halves have: left open, every reset stream
+        was held until the connection closed, and a client that reset 128 requests (the
+        per-connection stream limit) could never send another one on that connection.
+        """
+        if not is_client_bidi(stream_id):
+            return
+        try:
+            self._quic.reset_stream(stream_id, STREAM_REFUSED)
+        except ValueError:  # aioquic already discarded the stream
+            pass
 
     def shutdown(self, reason: str) -> None:
         """Close the connection now; in-flight handlers are cancelled."""
