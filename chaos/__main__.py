@@ -138,7 +138,7 @@ def run_fuzz(seed: int, trials: int | None, budget_s: float | None) -> int:
     for path, size in FUZZ_SIZES.items():
         env = {**os.environ, "RUNTARA_FUZZ_EXAMPLES": str(size * scale), "RUNTARA_FUZZ_SEED": str(seed)}
         command = [
-            sys.executable, "-m", "pytest", "-p", "no:xdist", "-q", "-o", "faulthandler_timeout=0",
+            sys.executable, "-m", "pytest", "-n", "0", "-q", "-o", "faulthandler_timeout=0",
             f"--hypothesis-seed={seed}", path,
         ]  # fmt: skip
         started = time.monotonic()

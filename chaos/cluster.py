@@ -27,6 +27,7 @@ from runtara_core.persistence import Persistence, open_persistence
 from runtara_core.persistence.migrations import drop_schema
 from runtara_environment.client import ManagementClient
 from runtara_environment.local_environment import LocalEnvironment
+from runtara_environment.process_runner import run_dir_of
 from runtara_sdk.ledger import read_ledger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ class ChaosEnvironment:
 
     def instance_process(self, instance_id: str) -> psutil.Process | None:
         """The live process running ``instance_id`` (it works in that instance's run directory)."""
-        run_dir = str((self.runs_dir / instance_id).resolve())
+        run_dir = str(run_dir_of(self.runs_dir, instance_id).resolve())
         for proc in self.env.instance_processes():
             with contextlib.suppress(psutil.Error):
                 if proc.cwd() == run_dir:
