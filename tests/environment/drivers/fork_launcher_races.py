@@ -88,7 +88,9 @@ async def big_env_launches(launcher: ForkLauncher, workdir: Path) -> dict[str, A
     spec = LaunchSpec(
         instance_id="big", attempt=1, launch_id="l" * 16, token="t", server_addr="127.0.0.1:9",
         tls_ca=None, tls_insecure=True, image_path=Path("/nonexistent.py"), image_entrypoint=None,
-        run_dir=workdir / "big", env={f"BIG_{i}": "x" * 32 * 1024 for i in range(40)},
+        run_dir=workdir / "big",
+        # No core listens at :9: the launch gives up after RUNTARA_CORE_UNREACHABLE_EXIT_S.
+        env={"RUNTARA_CORE_UNREACHABLE_EXIT_S": "2", **{f"BIG_{i}": "x" * 32 * 1024 for i in range(40)}},
     )  # fmt: skip
     runner = ProcessLauncher(stderr_tail_bytes=1000, fork_launcher=launcher)
     try:
