@@ -66,8 +66,9 @@ SETTINGS: dict[str, Any] = {
 }
 MAX_ATTEMPTS = 8
 CRASH_FAULTS = tuple(f for f in FAULTS if f != "signal.waiting")
-"""``signal.waiting`` relies on a relaunch beating a 2.25 s signal timeout, which a loaded soak
-does not promise (a late relaunch legally ends "timed_out"); instance_kills covers it."""
+"""``signal.waiting`` plans a 2.25 s signal wait, and the soak sends approvals up to 3 s after
+the start: a signal that legally comes after the deadline would read as a wrong outcome here.
+instance_kills covers that window."""
 NOISE_SIGNAL = "noise"
 """A custom signal name no example waits on."""
 DISRUPT_WITHIN_S = 0.8

@@ -48,6 +48,7 @@ from runtara_core.wire.messages import (
     RegisterResponse,
 )
 from tests.core.conftest import Core, CoreFactory, start_core  # noqa: F401 (fixture)
+from tests.core.test_hostile_clients import well_behaved_instance
 from tests.environment.conftest import (  # noqa: F401 (fixtures)
     EnvironmentProcess,
     MakeEnvironment,
@@ -363,33 +364,6 @@ async def throw_datagrams(
 # --------------------------------------------------------------------------- the core's endpoint
 
 
-@asynccontextmanager
-async def good_instance(core: Core) -> AsyncIterator[list[int]]:
-    """An instance checkpointing back to back on its own connection; fails the test if any of
-    its calls fails (tests/core/test_hostile_clients.py's, with a bounded loop)."""
-    client, row = await core.running_instance()
-    done = [0]
-    stop = asyncio.Event()
-
-    async def work() -> None:
-        for n in range(1_000_000):
-            if stop.is_set():
-                return
-            response = await client.request(CheckpointRequest(checkpoint_id=f"good-{n}", state=b"ok"), CheckpointResponse)
-            assert not response.found
-            done[0] += 1
-            await asyncio.sleep(0.005)
-
-    task = asyncio.ensure_future(work())
-    try:
-        yield done
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-    await client.request(CheckpointRequest(checkpoint_id="good-final", state=b"ok"), CheckpointResponse)
-    assert (await core.persistence.list_checkpoints(row.instance_id)).total == done[0] + 1
-
-
 def assert_no_server_errors(caplog: pytest.LogCaptureFixture, seed: int) -> None:
     """The in-process server logged no error: nothing it did not handle."""
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -401,7 +375,7 @@ async def test_core_endpoint_survives_stream_fuzz(start_core: CoreFactory, caplo
     core: Core = await start_core(max_frame_bytes=MAX_FRAME, request_arrival_timeout_s=0.5)
     rng = random.Random(SEED)
     ops = fields_of(INSTANCE_REQUESTS)
-    async with good_instance(core) as good:
+    async with well_behaved_instance(core) as good:
         stranger = await core.client()  # never registers: every op but register is refused
         registered, row = await core.running_instance()
         token = core.token(row.instance_id)
@@ -455,7 +429,7 @@ async def test_core_endpoint_survives_datagram_fuzz(start_core: CoreFactory, cap
         for n in range(5):
             await client.request(CheckpointRequest(checkpoint_id=f"v{n}", state=b"v"), CheckpointResponse)
 
-    async with good_instance(core) as good:
+    async with well_behaved_instance(core) as good:
         sent = await throw_datagrams(core.port, rng, connect, talk)
         before = good[0]
         await asyncio.sleep(0.3)
