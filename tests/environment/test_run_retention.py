@@ -353,7 +353,12 @@ async def test_finished_run_directories_go_and_unfinished_ones_stay(
         await wait_until(lambda: removed("done", "failing", "garbage"), timeout_s=30, what="finished run directories removed")
         for name in ("sleeping", "waiting", "running"):
             assert (runs / name / "stderr.log").exists(), name
-        assert "run retention: deleted" in environment.log()
+
+
+        async def pass_logged() -> bool:  # the pass logs once its deletes finished, a moment after the renames
+            return "run retention: deleted" in environment.log()
+
+        await wait_until(pass_logged, timeout_s=10, what="the retention pass's log line")
 
         # What is left of a removed one is the row's tail, and the CLI says why there is no more.
         failed = await client.get_instance(failing.instance_id)
