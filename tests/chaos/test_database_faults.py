@@ -15,13 +15,10 @@ import pytest
 
 from chaos.scenarios import database_faults
 from chaos.scenarios.database_faults import PostgresBinariesMissing
-from runtara_core.config import Settings
-from runtara_core.instance_tokens import InstanceTokens
 from runtara_core.persistence import Persistence
 from runtara_core.persistence.rows import EventType, NewImage, NewInstance
-from runtara_environment.image_registry import ImageRegistry
 from runtara_environment.process_runner import InstanceProcess, LaunchSpec, ProcessLauncher
-from runtara_environment.supervisor import CoreEndpoint, Supervisor
+from tests.chaos.test_races import idle_supervisor
 from tests.conftest import FakeClock, postgres_test_url
 
 pytestmark = pytest.mark.chaos
@@ -115,16 +112,7 @@ async def test_a_launch_recorded_during_a_database_outage_keeps_its_pid(
     image = await persistence.create_image(NewImage("img-1", "acme", "steps", "workflow:main", sha256="0" * 64, size_bytes=1))
     await persistence.create_instance(NewInstance("launched-in-outage", image.image_id))
     store = RecordProcessFailsOnce(persistence)
-    supervisor = Supervisor(
-        store,  # type: ignore[arg-type]
-        Settings(data_dir=tmp_path),
-        tokens=InstanceTokens("s" * 32),
-        registry=ImageRegistry(persistence, tmp_path / "images", max_bytes=1 << 20, max_files=10),
-        core=CoreEndpoint("127.0.0.1:1", None, False),
-        node_id="node",
-        clock=clock,
-        launcher=ForkedAlready(stderr_tail_bytes=1024),
-    )
+    supervisor = idle_supervisor(store, tmp_path, clock, ForkedAlready(stderr_tail_bytes=1024))  # type: ignore[arg-type]
     try:
         await supervisor.launch_pending()
         row = await persistence.get_instance("launched-in-outage")

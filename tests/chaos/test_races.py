@@ -162,8 +162,11 @@ async def hibernated_instance(
     return await persistence.transition(instance_id, [InstanceStatus.RUNNING], InstanceStatus.SUSPENDED, reason=reason)
 
 
-def idle_supervisor(persistence: Persistence, tmp_path: Path, clock: FakeClock) -> Supervisor:
-    """Built, never started: it launches nothing, it only judges the exits a test hands it."""
+def idle_supervisor(
+    persistence: Persistence, tmp_path: Path, clock: FakeClock, launcher: ProcessLauncher | None = None
+) -> Supervisor:
+    """Built, never started: it launches only when a test calls it, and judges the exits a test
+    hands it."""
     return Supervisor(
         persistence,
         Settings(data_dir=tmp_path),
@@ -172,5 +175,5 @@ def idle_supervisor(persistence: Persistence, tmp_path: Path, clock: FakeClock) 
         core=CoreEndpoint("127.0.0.1:1", None, False),
         node_id="node",
         clock=clock,
-        launcher=ProcessLauncher(stderr_tail_bytes=1024),
+        launcher=launcher or ProcessLauncher(stderr_tail_bytes=1024),
     )
